@@ -1,0 +1,40 @@
+"""ibllm-agent: ImageBind-LLM as a LangChain chat model that calls tools.
+
+Public API (imported lazily so ``import ibllm_agent`` stays light; nothing heavy happens at import):
+
+- ``ImageBindLLM``          the multimodal LLaMA (``ibllm_agent.model``)
+- ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat_model``)
+- ``VisualCache``           the FAISS cache of image features (``ibllm_agent.cache``)
+- ``build_agent``           a LangGraph agent with memory and tools (``ibllm_agent.agent``)
+- ``media``                 loaders: ``ibllm_agent.media.load(source, modality)``
+- ``Media``, ``Sampling``, ``CacheSettings``  typed values passed between stages
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ImageBindLLM": "ibllm_agent.model",
+    "ChatImageBindLLM": "ibllm_agent.chat_model",
+    "VisualCache": "ibllm_agent.cache",
+    "build_agent": "ibllm_agent.agent",
+    "Media": "ibllm_agent.types",
+    "Sampling": "ibllm_agent.types",
+    "CacheSettings": "ibllm_agent.types",
+    "Generation": "ibllm_agent.types",
+    "Settings": "ibllm_agent.config",
+}
+
+__all__ = [*_LAZY, "media", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in {"media", "encoders", "protocol", "prompts", "tools", "training"}:
+        return importlib.import_module(f"ibllm_agent.{name}")
+    raise AttributeError(f"module 'ibllm_agent' has no attribute {name!r}")

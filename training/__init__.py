@@ -1,0 +1,1 @@
+"""Training recipes (installed as ``ibllm_agent.training``)."""
