@@ -1,0 +1,239 @@
+"""Agent middleware: workspace-safe tool calls, errors as observations, a step limit, crash repair.
+
+- ``ToolGuardMiddleware``: resolves every workspace path argument inside the thread's workspace
+  before a tool runs (``..``, absolute paths, symlinks out, unknown names → an error observation;
+  the tool never runs), sets the ``ToolContext`` the tool can read, turns any tool exception into a
+  ``ToolMessage(status="error")`` the model reads as its ``Observation:``, and rewrites absolute
+  workspace paths in tool output back to workspace names.
+- ``StepLimitMiddleware``: ends a turn whose model keeps calling tools after ``max_steps`` steps,
+  with a final answer that says so.
+- ``RepairMiddleware``: at the start of each turn, answers tool calls a crashed process never
+  answered with an "interrupted" observation, so the history the model sees is always valid
+  (every ``AIMessage`` tool call followed by its ``ToolMessage``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain.agents.middleware import AgentMiddleware, hook_config
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveMessage, ToolMessage
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+
+from ibllm_agent.agent.registry import _CONTEXT, ToolContext, path_fields_of
+from ibllm_agent.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from ibllm_agent.agent.models import ModelPool
+    from ibllm_agent.agent.workspace import Workspace
+
+__all__ = [
+    "INTERRUPTED_OBSERVATION",
+    "RepairMiddleware",
+    "StepLimitMiddleware",
+    "ToolGuardMiddleware",
+    "dangling_tool_calls",
+    "patch_dangling",
+    "step_limit_message",
+]
+
+INTERRUPTED_OBSERVATION = "Error: interrupted: the tool call did not finish (the process stopped); no result."
+INTERRUPTED_ANSWER = "The previous turn was interrupted before it finished."
+
+
+def step_limit_message(max_steps: int) -> str:
+    return (
+        f"I stopped after {max_steps} tool steps without reaching a final answer (step limit reached). "
+        "Please rephrase the request or ask for one step at a time."
+    )
+
+
+def _thread_id(runtime: Any) -> str:
+    config = getattr(runtime, "config", None) or {}
+    thread_id = (config.get("configurable") or {}).get("thread_id")
+    if thread_id is None:
+        from langgraph.config import get_config
+
+        thread_id = (get_config().get("configurable") or {}).get("thread_id")
+    if thread_id is None:
+        raise WorkspaceError(
+            'no thread_id: call the agent with config={"configurable": {"thread_id": "..."}}'
+        )
+    return str(thread_id)
+
+
+def _error_message(call: dict, text: str) -> ToolMessage:
+    return ToolMessage(content=text, tool_call_id=call["id"], name=call.get("name"), status="error")
+
+
+class ToolGuardMiddleware(AgentMiddleware):
+    """Workspace path resolution + tool context + exceptions → error observations."""
+
+    def __init__(self, workspace: Workspace, pool: ModelPool):
+        super().__init__()
+        self.workspace = workspace
+        self.pool = pool
+
+    def _prepare(self, request: Any) -> tuple[Any, ToolContext | None, ToolMessage | None]:
+        call = request.tool_call
+        try:
+            thread_id = _thread_id(request.runtime)
+            ws = self.workspace.thread(thread_id)
+        except WorkspaceError as exc:
+            return request, None, _error_message(call, f"Error: {exc}")
+        ctx = ToolContext(thread_id=thread_id, workspace=ws, pool=self.pool)
+        tool = request.tool
+        if tool is None:  # unknown tool name: ToolNode answers with its own error message
+            return request, ctx, None
+        args = dict(call.get("args") or {})
+        for field in path_fields_of(tool):
+            value = args.get(field)
+            if isinstance(value, str):
+                try:
+                    args[field] = str(ws.resolve(value))
+                except WorkspaceError as exc:
+                    return request, ctx, _error_message(call, f"Error: {exc}")
+        return request.override(tool_call={**call, "args": args}), ctx, None
+
+    def _finish(self, result: Any, ctx: ToolContext) -> Any:
+        if isinstance(result, ToolMessage) and isinstance(result.content, str):
+            root = str(ctx.workspace.root.resolve()) + "/"
+            if root in result.content:
+                result = result.model_copy(update={"content": result.content.replace(root, "")})
+        return result
+
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        request, ctx, error = self._prepare(request)
+        if error is not None:
+            return error
+        token = _CONTEXT.set(ctx)
+        try:
+            return self._finish(handler(request), ctx)
+        except GraphBubbleUp:  # interrupts / parent commands are control flow, not errors
+            raise
+        except Exception as exc:
+            return _error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}")
+        finally:
+            _CONTEXT.reset(token)
+
+    async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        request, ctx, error = self._prepare(request)
+        if error is not None:
+            return error
+        token = _CONTEXT.set(ctx)
+        try:
+            return self._finish(await handler(request), ctx)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:
+            return _error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}")
+        finally:
+            _CONTEXT.reset(token)
+
+
+def _current_turn(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], HumanMessage):
+            return list(messages[i + 1 :])
+    return list(messages)
+
+
+class StepLimitMiddleware(AgentMiddleware):
+    """Stop a turn after ``max_steps`` tool-calling model steps, answering that the limit was hit."""
+
+    def __init__(self, max_steps: int):
+        super().__init__()
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.max_steps = max_steps
+
+    @hook_config(can_jump_to=["end"])
+    def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        steps = sum(1 for m in _current_turn(state["messages"]) if isinstance(m, AIMessage) and m.tool_calls)
+        if steps < self.max_steps:
+            return None
+        answer = AIMessage(
+            content=step_limit_message(self.max_steps),
+            response_metadata={"ibllm_stop_reason": "step_limit"},
+        )
+        return {"messages": [answer], "jump_to": "end"}
+
+
+def dangling_tool_calls(messages: Sequence[AnyMessage]) -> list[tuple[int, dict]]:
+    """``(message index, tool call)`` for every tool call that has no ``ToolMessage`` answer."""
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+    return [
+        (i, call)
+        for i, m in enumerate(messages)
+        if isinstance(m, AIMessage)
+        for call in m.tool_calls
+        if call.get("id") not in answered
+    ]
+
+
+def interrupted_tool_message(call: dict) -> ToolMessage:
+    return ToolMessage(
+        content=INTERRUPTED_OBSERVATION,
+        tool_call_id=call["id"],
+        name=call.get("name"),
+        status="error",
+        id=f"interrupted-{call['id']}",
+        response_metadata={"ibllm_interrupted": True},
+    )
+
+
+def patch_dangling(messages: Sequence[AnyMessage], *, close_turns: bool = True) -> list[AnyMessage] | None:
+    """The message list with an "interrupted" ``ToolMessage`` right after every unanswered call.
+
+    With ``close_turns``, a turn that ends in patched observations (no final answer) also gets a
+    closing ``AIMessage`` saying it was interrupted — so history renderers see a complete exchange.
+    Returns ``None`` when nothing needs patching.
+    """
+    dangling = dangling_tool_calls(messages)
+    if not dangling:
+        return None
+    by_index: dict[int, list[dict]] = {}
+    for i, call in dangling:
+        by_index.setdefault(i, []).append(call)
+    out: list[AnyMessage] = []
+    n = len(messages)
+    for i, m in enumerate(messages):
+        out.append(m)
+        if i not in by_index:
+            continue
+        # Keep the ToolMessages of this AI message that did arrive, then add the missing ones.
+        j = i + 1
+        while j < n and isinstance(messages[j], ToolMessage):
+            j += 1
+        if j == i + 1:
+            out.extend(interrupted_tool_message(c) for c in by_index[i])
+            if close_turns and (j == n or isinstance(messages[j], HumanMessage)):
+                out.append(_interrupted_answer())
+        else:
+            by_index[j - 1] = by_index.pop(i)  # insert after the last received ToolMessage
+            by_index.setdefault(j - 1, [])
+    return out
+
+
+def _interrupted_answer() -> AIMessage:
+    return AIMessage(
+        content=INTERRUPTED_ANSWER,
+        id=f"interrupted-{uuid.uuid4().hex[:12]}",
+        response_metadata={"ibllm_interrupted": True},
+    )
+
+
+class RepairMiddleware(AgentMiddleware):
+    """Before a turn starts, answer tool calls of earlier turns that a crash left unanswered."""
+
+    def before_agent(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        messages = list(state["messages"])
+        # The newest message is this turn's input; only earlier turns can hold dangling calls.
+        if not messages or not dangling_tool_calls(messages[:-1]):
+            return None
+        patched = patch_dangling(messages[:-1])
+        assert patched is not None
+        return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *patched, messages[-1]]}

@@ -1,0 +1,536 @@
+"""``build_agent``: a LangChain ``create_agent`` graph with memory, a media workspace and tools.
+
+::
+
+    from ibllm_agent import build_agent
+
+    agent = build_agent("tiny", memory="sqlite:///chat.sqlite")          # or a chat model / generator
+    r = agent.send("t1", "What is in this picture?", attachments=["cat.jpg"])
+    r.answer, r.tool_calls, r.files
+    agent.send("t1", "And now make it look like a painting.")          # same thread, remembered
+
+    # The plain LangGraph graph is there too:
+    agent.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": "t2"}})
+
+Each turn: attachments are stored in the thread's workspace under GPT4Tools names and attached to
+the user's message as content blocks whose ``extras`` carry the workspace ``name`` and a
+``description`` (from ``describe=`` — e.g. a caption expert — or a neutral one), so the chat model
+announces them exactly like GPT4Tools' training data. The checkpointer keeps every message; tool
+files live in the workspace as long as the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
+from ibllm_agent.agent.models import ModelPool
+from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
+from ibllm_agent.errors import ConfigError, ToolRegistryError
+from ibllm_agent.types import Media
+
+__all__ = ["Agent", "ToolCallRecord", "TurnEvent", "TurnResult", "build_agent", "load_chat_model"]
+
+DEFAULT_MAX_STEPS = 8
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call of a turn and its observation."""
+
+    name: str
+    args: dict[str, Any]
+    output: str
+    status: str  # "success" | "error"
+    id: str | None = None
+
+
+@dataclass
+class TurnResult:
+    """What one ``Agent.send`` produced.
+
+    ``answer``: the final answer text. ``tool_calls``: every call and its observation, in order.
+    ``files``: workspace names of files the tools created this turn. ``attachments``: workspace names
+    of the files attached to this turn. ``stop_reason``: ``"answer"``, ``"step_limit"`` or
+    ``"interrupted"``.
+    """
+
+    thread_id: str
+    answer: str
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    attachments: list[str] = field(default_factory=list)
+    stop_reason: str = "answer"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+
+@dataclass
+class TurnEvent:
+    """A streamed event of a turn: ``kind`` is ``"token"`` (answer text), ``"tool_call"``,
+    ``"tool_result"`` or ``"done"`` (then ``result`` holds the ``TurnResult``)."""
+
+    kind: str
+    text: str = ""
+    name: str | None = None
+    args: dict[str, Any] | None = None
+    status: str | None = None
+    result: TurnResult | None = None
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+    return "".join(parts)
+
+
+def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
+    """``TurnEvent``s of one LangGraph stream item (``messages`` tokens or node ``updates``)."""
+    events: list[TurnEvent] = []
+    if mode == "messages":
+        chunk, _meta = payload
+        piece = _text_of(getattr(chunk, "content", ""))
+        if piece and getattr(chunk, "type", "") in ("AIMessageChunk", "ai") and not getattr(chunk, "tool_calls", None):
+            streamed.append(piece)
+            events.append(TurnEvent("token", text=piece))
+        return events
+    for node_update in (payload or {}).values():
+        if not isinstance(node_update, dict):
+            continue
+        for m in node_update.get("messages", []):
+            if getattr(m, "type", "") == "ai" and getattr(m, "tool_calls", None):
+                streamed.clear()  # text streamed before a tool call was not the answer
+                events.extend(TurnEvent("tool_call", name=c["name"], args=dict(c["args"])) for c in m.tool_calls)
+            elif getattr(m, "type", "") == "tool":
+                events.append(TurnEvent("tool_result", text=_text_of(m.content), name=m.name,
+                                        status=getattr(m, "status", "success")))
+    return events
+
+
+def load_chat_model(model: Any) -> Any:
+    """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
+
+    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
+      ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``;
+    - ``"tiny"`` → the random tiny preset (tests, smoke runs);
+    - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
+      aid: drive the CLI without weights);
+    - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
+    """
+    from langchain_core.language_models import BaseChatModel
+
+    if isinstance(model, BaseChatModel):
+        return model
+    from ibllm_agent.chat_model import ChatImageBindLLM
+    from ibllm_agent.types import TextGenerator
+
+    if isinstance(model, TextGenerator):
+        return ChatImageBindLLM(model=model)
+    if not isinstance(model, (str, Path)):
+        raise ConfigError(
+            f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
+            f"got {type(model).__name__}"
+        )
+    spec = str(model)
+    if spec == "tiny":
+        # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
+        # model only exercises the plumbing, so long generations would just cost time.
+        return ChatImageBindLLM(preset="tiny", model_kwargs={"context_length": 2048}, max_new_tokens=64)
+    if spec.startswith("scripted:"):
+        from ibllm_agent.testing import ScriptedGenerator
+
+        path = Path(spec[len("scripted:"):]).expanduser()
+        try:
+            outputs = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"scripted model file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
+        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+            raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
+        return ChatImageBindLLM(model=ScriptedGenerator(outputs))
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
+    return ChatImageBindLLM(model_dir=str(path))
+
+
+def _resolve_tools(tools: Any) -> list[Any]:
+    from langchain_core.tools import BaseTool
+
+    from ibllm_agent.agent.registry import ToolRegistry, _as_tool, default_registry
+
+    if tools is None:
+        return default_registry().tools()
+    if isinstance(tools, ToolRegistry):
+        return tools.tools()
+    out = []
+    for t in tools:
+        if isinstance(t, str):
+            out.append(default_registry().get(t))
+        elif isinstance(t, BaseTool) or callable(t):
+            out.append(_as_tool(t))
+        else:
+            raise ToolRegistryError(f"cannot use {t!r} as a tool: pass a tool, a function or a registered name")
+    names = [t.name for t in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ToolRegistryError(f"duplicate tool names: {dupes}")
+    return out
+
+
+class Agent:
+    """A tool-using conversational agent with persistent threads. Build it with ``build_agent``.
+
+    Attributes:
+        graph: the compiled LangGraph (``create_agent``) — ``invoke``/``stream`` pass through to it.
+        memory: the ``Memory`` (checkpointer) holding every thread's messages.
+        workspace: the ``Workspace`` holding every thread's files.
+        pool: the ``ModelPool`` heavy tool models load into.
+        tools: the tools bound to the model.
+    """
+
+    def __init__(
+        self,
+        graph: Any,
+        *,
+        memory: Memory,
+        workspace: Workspace,
+        pool: ModelPool,
+        tools: list[Any],
+        max_steps: int,
+        describe: Callable[[StoredFile], str | None] | None = None,
+        owns_memory: bool = True,
+    ):
+        self.graph = graph
+        self.memory = memory
+        self.workspace = workspace
+        self.pool = pool
+        self.tools = tools
+        self.max_steps = max_steps
+        self.describe = describe
+        self._owns_memory = owns_memory
+
+    # -- LangGraph pass-through --------------------------------------------------------------------
+    # durability="sync": each step's checkpoint is written before the next step starts. With
+    # LangGraph's default ("async") a process killed during a tool call can lose the model step that
+    # requested the call, so the crash would not even be visible in the thread.
+    def invoke(self, input: Any, config: dict | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("durability", "sync")
+        return self.graph.invoke(input, config, **kwargs)
+
+    def stream(self, input: Any, config: dict | None = None, **kwargs: Any) -> Iterator[Any]:
+        kwargs.setdefault("durability", "sync")
+        return self.graph.stream(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: dict | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("durability", "sync")
+        if self.memory.kind == "sqlite":  # SqliteSaver has no async API: run the graph in a thread
+            import asyncio
+
+            return await asyncio.to_thread(self.graph.invoke, input, config, **kwargs)
+        return await self.graph.ainvoke(input, config, **kwargs)
+
+    # -- threads -----------------------------------------------------------------------------------
+    @staticmethod
+    def config(thread_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": str(thread_id)}}
+
+    def threads(self) -> list[ThreadInfo]:
+        """Stored threads, most recent first."""
+        return self.memory.threads()
+
+    def history(self, thread_id: str) -> list[Any]:
+        """All messages of ``thread_id`` (empty for a new thread)."""
+        state = self.graph.get_state(self.config(thread_id))
+        return list(state.values.get("messages", [])) if state and state.values else []
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Forget ``thread_id``: its checkpoints and its workspace files."""
+        self.memory.delete(thread_id)
+        self.workspace.delete_thread(thread_id)
+
+    def repair(self, thread_id: str) -> int:
+        """Answer tool calls a crash left unanswered with an "interrupted" observation.
+
+        A process killed during a tool call leaves a checkpoint whose last ``AIMessage`` has calls
+        without ``ToolMessage``s. This appends the missing observations (and a closing answer saying
+        the turn was interrupted), so the thread is consistent and the next turn starts cleanly.
+        Returns the number of patched calls.
+        """
+        from ibllm_agent.agent.middleware import dangling_tool_calls, patch_dangling
+
+        config = self.config(thread_id)
+        messages = self.history(thread_id)
+        dangling = dangling_tool_calls(messages)
+        if not dangling:
+            return 0
+        patched = patch_dangling(messages)
+        assert patched is not None
+        if all(a is b for a, b in zip(patched, messages, strict=False)):
+            # The usual crash: calls dangling at the end of the history; append the answers.
+            self.graph.update_state(config, {"messages": patched[len(messages):]}, as_node="model")
+        else:
+            # Calls dangling in the middle of the history: rewrite the whole list in order.
+            from langchain_core.messages import RemoveMessage
+            from langgraph.graph.message import REMOVE_ALL_MESSAGES
+
+            self.graph.update_state(config, {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *patched]},
+                                    as_node="model")
+        return len(dangling)
+
+    def resume(self, thread_id: str) -> list[Any]:
+        """Open an existing thread: repair an interrupted turn, return its messages."""
+        self.repair(thread_id)
+        return self.history(thread_id)
+
+    # -- turns -------------------------------------------------------------------------------------
+    def attach(self, thread_id: str, source: Any, modality: str | None = None,
+               description: str | None = None) -> tuple[StoredFile, dict[str, Any]]:
+        """Store one attachment in the thread's workspace; returns it and its content block."""
+        stored = self.workspace.thread(thread_id).save(source, modality)
+        if description is None and self.describe is not None:
+            description = self._describe(stored)
+        description = (description or "").strip() or neutral_description(stored.modality)
+        if description[-1] not in ".!?":
+            description += "."  # training captions are sentences: "Description: A cat. Understand …"
+        block_type = stored.modality if stored.modality in ("image", "audio", "video") else "file"
+        block = {
+            "type": block_type,
+            "url": stored.path.as_uri(),
+            "extras": {"name": stored.name, "description": description, "modality": stored.modality},
+        }
+        return stored, block
+
+    def _describe(self, stored: StoredFile) -> str | None:
+        """Caption from ``describe``: a function of the stored file, or an ``Expert`` (e.g. a caption
+        model from ``ibllm_agent.experts``) called with the file as ``Media`` for its modalities."""
+        describe = self.describe
+        modalities = getattr(describe, "modalities", None)
+        if modalities is not None:
+            if stored.modality not in modalities:
+                return None
+            return describe(Media(modality=stored.modality, source=stored.path, name=stored.name))  # type: ignore[arg-type]
+        return describe(stored)
+
+    def _input(self, thread_id: str, text: str, attachments: Sequence[Any]) -> tuple[dict, list[str], str]:
+        blocks, names = [], []
+        for a in attachments:
+            if isinstance(a, dict) and "type" in a:  # a content block from ``attach`` (already stored)
+                blocks.append(a)
+                names.append((a.get("extras") or {}).get("name", ""))
+                continue
+            if isinstance(a, Media):
+                stored, block = self.attach(thread_id, a.source, a.modality)
+            elif isinstance(a, tuple) and len(a) == 2:
+                stored, block = self.attach(thread_id, a[0], a[1])
+            else:
+                stored, block = self.attach(thread_id, a)
+            blocks.append(block)
+            names.append(stored.name)
+        from langchain_core.messages import HumanMessage
+
+        msg_id = f"human-{uuid.uuid4().hex}"
+        content: Any = [{"type": "text", "text": text}, *blocks] if blocks else text
+        return {"messages": [HumanMessage(content=content, id=msg_id)]}, names, msg_id
+
+    def send(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+        """Run one turn: ``text`` plus optional attachments (paths, bytes, PIL images, ``Media``,
+        ``(source, modality)`` pairs, or content blocks returned by ``attach``). Returns the
+        ``TurnResult``."""
+        result = None
+        for event in self.stream_turn(thread_id, text, attachments, stream_tokens=False):
+            if event.kind == "done":
+                result = event.result
+        assert result is not None
+        return result
+
+    def stream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
+                    *, stream_tokens: bool = True) -> Iterator[TurnEvent]:
+        """Run one turn, yielding ``TurnEvent``s: answer tokens as they are generated, each tool
+        call and result, and finally ``done`` with the ``TurnResult``."""
+        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments)
+        streamed: list[str] = []
+        modes = ["updates", "messages"] if stream_tokens else ["updates"]
+        for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
+                                               durability="sync"):
+            yield from _events(mode, payload, streamed)
+        yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
+
+    async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
+                           *, stream_tokens: bool = True) -> AsyncIterator[TurnEvent]:
+        """Async ``stream_turn``: the turn runs in a worker thread (the SQLite checkpointer is
+        synchronous), events arrive on the event loop as they happen."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for event in self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as exc:  # re-raised on the loop side
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, produce)
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                await worker
+                raise item
+            yield item
+        await worker
+
+    async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+        """Async ``send``."""
+        result = None
+        async for event in self.astream_turn(thread_id, text, attachments, stream_tokens=False):
+            if event.kind == "done":
+                result = event.result
+        assert result is not None
+        return result
+
+    def _start(self, thread_id: str, text: str, attachments: Sequence[Any]):
+        thread_id = str(thread_id)
+        self.repair(thread_id)
+        before = set(self.workspace.thread(thread_id).files())
+        inputs, names, msg_id = self._input(thread_id, text, attachments)
+        before.update(names)
+        return thread_id, inputs, names, msg_id, before
+
+    def _finish(self, thread_id: str, msg_id: str, names: list[str], before: set[str],
+                streamed: list[str], stream_tokens: bool) -> Iterator[TurnEvent]:
+        result = self._result(thread_id, msg_id, names, before)
+        if stream_tokens and result.answer and "".join(streamed).strip() != result.answer.strip():
+            # The answer did not come through the token stream (e.g. the step-limit message).
+            yield TurnEvent("token", text=result.answer)
+        yield TurnEvent("done", result=result)
+
+    def _result(self, thread_id: str, msg_id: str, attachments: list[str], before: set[str]) -> TurnResult:
+        messages = self.history(thread_id)
+        start = next((i for i, m in enumerate(messages) if getattr(m, "id", None) == msg_id), None)
+        turn = messages[start + 1 :] if start is not None else []
+        outputs = {m.tool_call_id: m for m in turn if getattr(m, "type", "") == "tool"}
+        calls: list[ToolCallRecord] = []
+        answer, stop = "", "answer"
+        for m in turn:
+            if getattr(m, "type", "") != "ai":
+                continue
+            for c in m.tool_calls:
+                out = outputs.get(c.get("id"))
+                calls.append(ToolCallRecord(
+                    name=c["name"], args=dict(c["args"]), id=c.get("id"),
+                    output=_text_of(out.content) if out is not None else "",
+                    status=getattr(out, "status", "success") if out is not None else "missing",
+                ))
+            if not m.tool_calls:
+                answer = _text_of(m.content)
+                meta = m.response_metadata or {}
+                if meta.get("ibllm_stop_reason"):
+                    stop = meta["ibllm_stop_reason"]
+                elif meta.get("ibllm_interrupted"):
+                    stop = "interrupted"
+        after = self.workspace.thread(thread_id).files()
+        return TurnResult(
+            thread_id=thread_id, answer=answer, tool_calls=calls,
+            files=[f for f in after if f not in before], attachments=attachments, stop_reason=stop,
+        )
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._owns_memory:
+            self.memory.close()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Agent(tools={[t.name for t in self.tools]}, memory={self.memory.url!r}, "
+                f"workspace={str(self.workspace.root)!r}, max_steps={self.max_steps})")
+
+
+def build_agent(
+    model: Any,
+    tools: Any = None,
+    memory: Any = None,
+    *,
+    workspace: str | Path | Workspace | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    pool: ModelPool | None = None,
+    device: str | None = None,
+    model_budget: int | str | None = None,
+    describe: Any = None,
+    system_prompt: str | None = None,
+    middleware: Sequence[Any] = (),
+) -> Agent:
+    """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
+
+    Args:
+        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, ``"tiny"``,
+            ``"scripted:PATH.json"`` or a saved model folder (see ``load_chat_model``).
+        tools: tools, functions or registered names; ``None`` = every tool in the default registry
+            (tools of installed packages, entry-point group ``ibllm_agent.tools``); ``[]`` = none.
+        memory: ``"sqlite:///PATH"`` (default: ``Settings.memory_url``, under the workspace),
+            ``"postgres://…"`` (extra ``[serve]``), ``"memory"``, or a LangGraph checkpointer.
+        workspace: the root folder for thread files (default ``Settings.workspace_dir``).
+        max_steps: tool-calling model steps allowed per turn before the turn ends with a message
+            saying the step limit was reached.
+        pool / device / model_budget: the ``ModelPool`` heavy tool models load into (or the device
+            and memory budget of a new one; default device from ``Settings.device``).
+        describe: the caption in attachment announcements: ``describe(stored_file) -> str | None``
+            or an ``ibllm_agent.experts.Expert`` (called with the stored file as ``Media`` for its
+            modalities); without one (or when it returns nothing) a neutral description is used.
+        system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
+    """
+    from langchain.agents import create_agent
+
+    from ibllm_agent.agent.middleware import RepairMiddleware, StepLimitMiddleware, ToolGuardMiddleware
+
+    if max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if pool is None:
+        if device is None:
+            from ibllm_agent.config import get_settings
+
+            device = get_settings().device
+        pool = ModelPool(device=device or "auto", budget=model_budget)
+    # Memory first: a bad URL should fail before minutes of model loading.
+    mem = open_memory(memory)
+    try:
+        tool_list = _resolve_tools(tools)
+        chat = load_chat_model(model)
+        graph = create_agent(
+            chat,
+            tool_list,
+            system_prompt=system_prompt,
+            middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), ToolGuardMiddleware(ws, pool),
+                        *middleware],
+            checkpointer=mem.saver,
+        )
+    except BaseException:
+        mem.close()
+        raise
+    return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
+                 describe=describe, owns_memory=isinstance(memory, (str, type(None))))

@@ -1,0 +1,245 @@
+"""Which faiss index a cache gets, how it is trained, and how it is searched.
+
+Sizing rules (our own; autofaiss, which the reference used, does not run with numpy 2):
+
+- **flat** (exact inner product, ``IndexFlatIP``) when n <= ``FLAT_MAX_N`` (50 000) and the float32
+  copy (4·n·d bytes) fits the memory budget. One query then costs n·d multiply-adds (~5 ms at 50 k
+  × 1024 on one core), the point where an inverted file starts to pay off.
+- **ivf_sq8** (inverted file, 8-bit scalar-quantised residual-free codes, d bytes per vector) when
+  n <= ``SQ8_MAX_N`` (500 000) and the codes fit the budget.
+- **ivf_pq** (inverted file, product quantiser with m = max(d/16, min(d/8, 16)) sub-vectors of 8 bits,
+  64 bytes per vector at d = 1024) otherwise; m is lowered (to a divisor of d) until the codes fit.
+
+For both IVF kinds:
+
+- nlist = the power of two nearest 4·√n, kept within [16, 65 536] and at most n/39 (faiss wants
+  >= 39 training points per centroid). 1 M → 4096 lists, 3 M → 8192.
+- nprobe = max(16, nlist/128) lists are scanned per query (32 at 1 M, 64 at 3 M).
+- The coarse centroids are trained by two-level spherical k-means (√nlist clusters, then
+  sub-clusters inside each) on a sample of ``min(n, max(64·nlist, 50 000), 300 000)`` vectors: a flat
+  k-means with 8192 centroids costs ~20 minutes on two cores, the two-level one seconds.
+- Search is approximate only for *candidates*: the index returns ``refine·k`` of them (refine = 10
+  for PQ, 4 for SQ8) and their exact inner products are recomputed from the float16 features
+  (memory-mapped, so only the candidate rows are read). Scores returned are therefore exact.
+
+``memory_budget`` bounds the bytes the index keeps in RAM (codes + ids + centroids). The float16
+features are memory-mapped from disk and paged in by the OS on demand; they are not counted.
+
+faiss-gpu is used when ``faiss.get_num_gpus() > 0`` (the index is cloned to GPU 0 for search; if the
+GPU implementation rejects the index, search stays on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ibllm_agent.errors import CacheError, EmptyCacheError
+
+IndexKind = Literal["flat", "ivf_sq8", "ivf_pq", "external"]
+
+FLAT_MAX_N = 50_000
+SQ8_MAX_N = 500_000
+DEFAULT_MEMORY_BUDGET = 4 * 1024**3  # 4 GiB
+_MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is under-trained
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """The chosen index and its parameters (stored in the cache's meta.json)."""
+
+    kind: IndexKind
+    n: int
+    dim: int
+    nlist: int = 0
+    nprobe: int = 0
+    pq_m: int = 0
+    pq_nbits: int = 8
+    refine: int = 1
+    train_size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexPlan:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def ram_bytes(self) -> int:
+        """Estimated RAM of the index: codes + int64 ids + float32 centroids."""
+        if self.kind == "flat":
+            return 4 * self.n * self.dim
+        code = self.dim if self.kind == "ivf_sq8" else self.pq_m * self.pq_nbits // 8
+        return self.n * (code + 8) + 4 * self.nlist * self.dim
+
+
+def _nearest_pow2(x: float) -> int:
+    return 1 << max(0, round(math.log2(max(x, 1.0))))
+
+
+def plan_index(n: int, dim: int, memory_budget: int | None = None, kind: IndexKind | None = None) -> IndexPlan:
+    """Pick the index for n vectors of width dim under ``memory_budget`` bytes (see module doc).
+
+    ``kind`` forces a kind (parameters still follow the rules), e.g. to test IVF on small data.
+    """
+    if n <= 0:
+        raise EmptyCacheError("cannot index an empty cache (0 features)")
+    budget = int(memory_budget if memory_budget is not None else DEFAULT_MEMORY_BUDGET)
+    if budget <= 0:
+        raise CacheError(f"memory budget must be positive, got {memory_budget!r} bytes")
+    if kind is None:
+        if n <= FLAT_MAX_N and 4 * n * dim <= budget:
+            kind = "flat"
+        elif n <= SQ8_MAX_N:
+            kind = "ivf_sq8"
+        else:
+            kind = "ivf_pq"
+    if kind == "flat":
+        return IndexPlan("flat", n, dim)
+    if kind not in ("ivf_sq8", "ivf_pq"):
+        raise CacheError(f"unknown index kind {kind!r}; expected flat, ivf_sq8 or ivf_pq")
+
+    nlist = min(max(_nearest_pow2(4 * math.sqrt(n)), 16), 65_536)
+    while nlist > 1 and nlist * _MIN_POINTS_PER_CENTROID > n:
+        nlist //= 2
+    nprobe = min(nlist, max(16, nlist // 128))
+    train_size = min(n, max(64 * nlist, 50_000), 300_000)
+    centroid_bytes = 4 * nlist * dim
+    per_vector = (budget - centroid_bytes) / n - 8  # bytes left per vector after its int64 id
+
+    if kind == "ivf_sq8" and per_vector < dim:
+        kind = "ivf_pq"  # SQ8 codes do not fit: fall through to PQ
+    if kind == "ivf_sq8":
+        return IndexPlan("ivf_sq8", n, dim, nlist=nlist, nprobe=nprobe, refine=4, train_size=train_size)
+
+    # PQ: 16-d sub-vectors (dim/16 bytes; 64 at d = 1024); small dims get up to 16 sub-vectors of
+    # >= 8 dims so they keep enough precision to rank candidates (faiss trains sub-vectors of < 8
+    # dims very slowly); fewer when the codes do not fit the budget.
+    m = max(dim // 16, min(dim // 8, 16), 1)
+    while m > 1 and (dim % m or m > per_vector):
+        m -= 1
+    if m > per_vector or dim % m:
+        need = n * (1 + 8) + centroid_bytes
+        raise CacheError(
+            f"memory budget {budget} bytes is too small for {n} features of dim {dim} "
+            f"(the smallest index needs ~{need} bytes)"
+        )
+    # 8-bit codebooks need 256 centroids per sub-quantiser; small samples get fewer bits.
+    nbits = max(1, min(8, int(math.log2(max(train_size / _MIN_POINTS_PER_CENTROID, 2)))))
+    return IndexPlan(
+        "ivf_pq", n, dim, nlist=nlist, nprobe=nprobe, pq_m=m, pq_nbits=nbits, refine=10,
+        train_size=train_size,
+    )
+
+
+def _sample_rows(features: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A float32 copy of ``size`` rows spread over the whole array (sorted, so memmap reads stream)."""
+    n = features.shape[0]
+    if size >= n:
+        return np.ascontiguousarray(features, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return np.ascontiguousarray(features[rows], dtype=np.float32)
+
+
+def train_coarse_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
+    """Two-level spherical k-means: [S,D] float32 sample → [nlist,D] unit centroids."""
+    import faiss
+
+    d = sample.shape[1]
+    nc1 = max(1, round(math.sqrt(nlist)))
+    if nc1 <= 1 or nlist <= 64:
+        km = faiss.Kmeans(d, nlist, niter=20, spherical=True, seed=seed, verbose=False)
+        km.train(sample)
+        return km.centroids
+    km1 = faiss.Kmeans(d, nc1, niter=20, spherical=True, seed=seed, max_points_per_centroid=2000)
+    km1.train(sample)
+    _, assign = km1.index.search(sample, 1)
+    assign = assign.ravel()
+    sizes = np.bincount(assign, minlength=nc1)
+    # Sub-cluster counts proportional to the first-level cluster sizes, summing exactly to nlist.
+    cum = np.cumsum(sizes) * nlist // sizes.sum()
+    per = np.diff(np.concatenate([[0], cum]))
+    out = []
+    for c in range(nc1):
+        k = int(per[c])
+        if k == 0:
+            continue
+        sub = sample[assign == c]
+        if sub.shape[0] <= k:  # tiny cluster: its points are the centroids (pad by repeating)
+            out.append(np.resize(sub, (k, d)) if sub.shape[0] else np.resize(km1.centroids[c], (k, d)))
+            continue
+        km = faiss.Kmeans(d, k, niter=10, spherical=True, seed=seed + c + 1, min_points_per_centroid=1)
+        km.train(np.ascontiguousarray(sub))
+        out.append(km.centroids)
+    cents = np.vstack(out).astype(np.float32)
+    cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+    return cents
+
+
+def build_index(
+    plan: IndexPlan,
+    features: np.ndarray,
+    *,
+    chunk: int = 65_536,
+    progress: Callable[[int], None] | None = None,
+) -> Any:
+    """Train (IVF kinds) and fill a CPU faiss index with ``features`` [n,D] (float16 memmap is fine).
+
+    Rows are added in float32 chunks so RAM stays bounded; ``progress(rows_added)`` is called per
+    chunk.
+    """
+    import faiss
+
+    n, d = features.shape
+    if plan.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    else:
+        sample = _sample_rows(features, plan.train_size)
+        quantizer = faiss.IndexFlatIP(d)
+        if plan.kind == "ivf_sq8":
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, d, plan.nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            index = faiss.IndexIVFPQ(quantizer, d, plan.nlist, plan.pq_m, plan.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        quantizer.add(train_coarse_centroids(sample, plan.nlist))
+        index.train(sample)  # quantizer already holds nlist centroids: trains only the codes
+        index.nprobe = plan.nprobe
+        del sample
+    for start in range(0, n, chunk):
+        block = np.ascontiguousarray(features[start : start + chunk], dtype=np.float32)
+        index.add(block)
+        if progress is not None:
+            progress(block.shape[0])
+    return index
+
+
+def to_search_device(index: Any) -> Any:
+    """The index itself on CPU, or a GPU clone when faiss-gpu sees a GPU."""
+    import faiss
+
+    if getattr(faiss, "get_num_gpus", lambda: 0)() <= 0:
+        return index
+    try:
+        res = faiss.StandardGpuResources()
+        co = faiss.GpuClonerOptions()
+        co.useFloat16 = True  # IVFPQ with many sub-quantisers needs float16 lookup tables on GPU
+        gpu = faiss.index_cpu_to_gpu(res, 0, index, co)
+        gpu.referenced_resources = res  # keep the resources alive as long as the clone
+        return gpu
+    except Exception:  # noqa: BLE001 - an index kind faiss-gpu does not implement stays on CPU
+        return index
+
+
+def set_nprobe(index: Any, nprobe: int) -> None:
+    """Set nprobe on a CPU IVF index or its GPU clone."""
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)

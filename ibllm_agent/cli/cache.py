@@ -1,0 +1,195 @@
+"""``ibllm-agent cache build|info|query``: make and inspect visual caches (``ibllm_agent.cache``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ibllm_agent.errors import CacheError, IbllmError
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str | None) -> int | None:
+    """'4G', '512MiB', '1.5gb', '1000000' → bytes (binary units); None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise CacheError(f"cannot read memory budget {text!r}: use a number with an optional unit, e.g. 4G or 512M")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _sleeping_openmp_waiters() -> None:
+    """OpenMP threads that spin while waiting make faiss many times slower on shared cores (measured:
+    17 s vs 0.3 s to train a small IVF-PQ on a busy 2-core box). Must run before faiss/torch load
+    OpenMP; an explicit OMP_WAIT_POLICY in the environment wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _fail(exc: IbllmError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def register(app: typer.Typer) -> None:
+    cache_app = typer.Typer(
+        name="cache", no_args_is_help=True,
+        help="Visual cache of ImageBind image features (cache-enhanced encoding): build, info, query.",
+    )
+    app.add_typer(cache_app, name="cache")
+
+    @cache_app.command("build")
+    def build_command(
+        sources: Annotated[list[str], typer.Argument(
+            help="Image folders, WebDataset .tar shards (img2dataset), images, .npy/.parquet feature files or globs.",
+            show_default=False)],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Cache directory to write (replaced atomically).")],
+        encoder: Annotated[str, typer.Option(
+            help="ImageBind to encode with: a preset (huge_w3d, huge: official weights; tiny: random, for tests) "
+                 "or a checkpoint path.")] = "huge_w3d",
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 64,
+        memory_budget: Annotated[str | None, typer.Option(
+            "--memory-budget", help="RAM for the index, e.g. 4G (default 4 GiB); picks the index kind.")] = None,
+        index: Annotated[str | None, typer.Option(
+            help="Force the index kind: flat, ivf_sq8 or ivf_pq (default: by size and budget).")] = None,
+        device: Annotated[str | None, typer.Option(help="Torch device for the encoder (default cpu).")] = None,
+        restart: Annotated[bool, typer.Option(
+            "--restart", help="Discard an unfinished build in --out instead of resuming it.")] = False,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    ) -> None:
+        """Encode images into a cache; an interrupted build resumes when rerun with the same sources.
+
+        Unreadable images are skipped and counted (see `cache info`). Feature files are copied in
+        without encoding. Rows are stored L2-normalised as float16.
+        """
+        _sleeping_openmp_waiters()
+        from ibllm_agent.cache.build import build_cache
+
+        try:
+            report = build_cache(
+                sources, out, encoder=encoder, batch_size=batch_size, memory_budget=parse_size(memory_budget),
+                index=index, resume=not restart, progress=progress, device=device,
+            )
+        except IbllmError as exc:
+            _fail(exc)
+        typer.echo(report.summary())
+        for item in report.skipped_examples[:5]:
+            typer.echo(f"  skipped {item['id']}: {item['reason']}", err=True)
+        if report.skipped > 5:
+            typer.echo(f"  ... {report.skipped - 5} more (listed in {out}/meta.json)", err=True)
+
+    @cache_app.command("info")
+    def info_command(
+        cache_dir: Annotated[Path, typer.Argument(
+            help="A cache directory (or a plain faiss index file such as knn.index).", show_default=False)],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Size, index, memory, encoder, sources and skipped images of a cache."""
+        try:
+            info = _open(cache_dir).info()
+        except IbllmError as exc:
+            _fail(exc)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+            return
+        skipped = info.get("skipped") or {"count": 0, "items": []}
+        lines = [
+            f"cache      {info['path']}",
+            f"features   {info['count']} x {info['dim']} float16 ({_human(info['features_bytes'])} on disk, memory-mapped)",
+            f"index      {info['index']} {' '.join(f'{k}={v}' for k, v in info['index_params'].items())}",
+            f"index RAM  ~{_human(info['index_ram_bytes'])}",
+            f"encoder    {info.get('encoder', '-')}",
+            f"sources    {', '.join(info.get('sources', [])) or '-'}",
+            f"skipped    {skipped['count']} unreadable",
+        ]
+        lines += [f"  {s['id']}: {s['reason']}" for s in skipped["items"][:10]]
+        typer.echo("\n".join(lines))
+
+    @cache_app.command("query")
+    def query_command(
+        cache_dir: Annotated[Path, typer.Argument(
+            help="A cache directory (or a plain faiss index file such as knn.index).", show_default=False)],
+        file: Annotated[Path, typer.Argument(
+            help="An image (encoded with --encoder) or a .npy feature vector [D] / batch [B, D].", show_default=False)],
+        k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours to list.")] = 10,
+        encoder: Annotated[str | None, typer.Option(
+            help="Encoder for an image query (default: the one the cache was built with).")] = None,
+        device: Annotated[str | None, typer.Option(help="Torch device for the encoder.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Nearest cached features of an image or feature vector: rank, inner product, source id."""
+        _sleeping_openmp_waiters()
+        try:
+            cache = _open(cache_dir)
+            q = _query_features(cache, file, encoder, device)
+            scores, rows = cache.search(q, k)
+        except IbllmError as exc:
+            _fail(exc)
+        ids = cache.ids_of(rows)
+        results = [
+            [{"rank": r + 1, "row": int(rows[b, r]), "score": float(scores[b, r]), "id": ids[b][r]}
+             for r in range(rows.shape[1]) if rows[b, r] >= 0]
+            for b in range(rows.shape[0])
+        ]
+        if as_json:
+            typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+            return
+        for b, res in enumerate(results):
+            if len(results) > 1:
+                typer.echo(f"query {b}:")
+            for hit in res:
+                typer.echo(f"{hit['rank']:>4}  {hit['score']:+.4f}  {hit['id']}")
+
+
+def _open(path: Path):
+    """A cache directory, or a plain faiss index file such as the reference's knn.index."""
+    from ibllm_agent.cache import VisualCache
+
+    return VisualCache.from_faiss_index(path) if path.is_file() else VisualCache.load(path)
+
+
+def _query_features(cache, file: Path, encoder: str | None, device: str | None):
+    """A .npy vector/batch as is, or an image encoded like the cache was built."""
+    import numpy as np
+
+    if not file.exists():
+        raise CacheError(f"query file {file} does not exist")
+    if file.suffix.lower() == ".npy":
+        try:
+            return np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read query features {file}: {exc}") from None
+    from ibllm_agent.cache.build import default_loader, load_encoder
+    from ibllm_agent.encoders import PRESETS
+
+    spec = encoder or cache.meta.get("encoder")
+    where = cache.path or cache.meta.get("source_index")
+    if not spec:
+        raise CacheError(
+            f"{where} records no encoder; pass --encoder (huge_w3d for the reference's knn.index) "
+            "or query with a .npy feature vector"
+        )
+    if spec not in PRESETS and not Path(spec).is_file():
+        raise CacheError(
+            f"cache {where} was built with encoder {spec!r}, which cannot be loaded here; "
+            "pass --encoder (a preset name or checkpoint path) or query with a .npy feature vector"
+        )
+    encode, _ = load_encoder(spec, device)
+    return encode(default_loader(file)[None])

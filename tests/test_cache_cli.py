@@ -1,0 +1,130 @@
+"""``ibllm-agent cache build|info|query`` end to end (tiny ImageBind, typer CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("torch")
+Image = pytest.importorskip("PIL.Image")
+from typer.testing import CliRunner
+
+from ibllm_agent.cli.cache import parse_size
+from ibllm_agent.errors import CacheError
+
+
+@pytest.fixture(autouse=True)
+def _restore_omp_env(monkeypatch):
+    """`cache build/query` set OMP_WAIT_POLICY (setdefault); keep that out of other tests."""
+    import os
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+
+
+@pytest.fixture(scope="module")
+def app():
+    import typer
+
+    from ibllm_agent.cli import cache as cache_cli
+
+    app = typer.Typer()
+    cache_cli.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `cache` a named subcommand
+    return app
+
+
+def run(app, *args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    return folder
+
+
+def test_build_info_query(app, images, tmp_path):
+    out = tmp_path / "cache"
+    res = run(app, "cache", "build", images, "--out", out, "--encoder", "tiny", "--batch-size", "2", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "cached 5 features from 6 items" in res.output and "skipped 1 unreadable" in res.output
+    assert "broken.jpg" in res.output
+
+    res = run(app, "cache", "info", out, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["count"] == 5 and info["index"] == "flat" and info["encoder"] == "tiny"
+    assert info["skipped"]["count"] == 1 and info["skipped"]["items"][0]["id"] == "broken.jpg"
+    res = run(app, "cache", "info", out)
+    assert "5 x" in res.output and "1 unreadable" in res.output
+
+    # An image query is encoded with the cache's own encoder; a cached image finds itself first.
+    res = run(app, "cache", "query", out, images / "p3.png", "--k", "2", "--json")
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.output)
+    assert len(hits) == 2 and {h["id"] for h in hits} <= {f"p{i}.png" for i in range(5)}
+    assert hits[0]["score"] >= hits[1]["score"]
+
+    # A .npy vector: the neighbours are exactly the top inner products with the stored features.
+    from ibllm_agent.cache import VisualCache
+
+    feats = np.asarray(VisualCache.load(out).features, np.float32)
+    q = feats[4] - feats[0]
+    np.save(tmp_path / "q.npy", q)
+    res = run(app, "cache", "query", out, tmp_path / "q.npy", "-k", "3", "--json")
+    assert res.exit_code == 0, res.output
+    assert [h["row"] for h in json.loads(res.output)] == list(np.argsort(-(feats @ q))[:3])
+    res = run(app, "cache", "query", out, tmp_path / "q.npy", "-k", "1")
+    assert res.output.split()[0] == "1" and res.output.split()[-1].endswith(".png")
+
+
+def test_cli_errors_are_one_line(app, images, tmp_path):
+    res = run(app, "cache", "build", tmp_path / "missing", "--out", tmp_path / "c", "--encoder", "tiny")
+    assert res.exit_code == 2 and "error: cache source" in res.output and "Traceback" not in res.output
+    res = run(app, "cache", "info", tmp_path / "nowhere")
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = run(app, "cache", "build", images, "--out", tmp_path / "c", "--memory-budget", "lots")
+    assert res.exit_code == 2 and "memory budget" in res.output
+
+    out = tmp_path / "c"
+    assert run(app, "cache", "build", images, "--out", out, "--encoder", "tiny", "--no-progress").exit_code == 0
+    np.save(tmp_path / "wrong.npy", np.ones(7, np.float32))
+    res = run(app, "cache", "query", out, tmp_path / "wrong.npy")
+    assert res.exit_code == 2 and "dimension 7" in res.output
+
+
+def test_info_and_query_on_plain_faiss_index(app, tmp_path):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    bank = rng.standard_normal((50, 12)).astype(np.float32)
+    index = faiss.IndexFlatIP(12)
+    index.add(bank)
+    faiss.write_index(index, str(tmp_path / "knn.index"))
+    res = run(app, "cache", "info", tmp_path / "knn.index", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["count"] == 50
+    np.save(tmp_path / "q.npy", bank[7])
+    res = run(app, "cache", "query", tmp_path / "knn.index", tmp_path / "q.npy", "--k", "4", "--json")
+    assert [h["row"] for h in json.loads(res.output)] == list(np.argsort(-(bank @ bank[7]))[:4])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    res = run(app, "cache", "query", tmp_path / "knn.index", tmp_path / "x.png")
+    assert res.exit_code == 2 and "--encoder" in res.output
+
+
+def test_parse_size():
+    assert parse_size("4G") == 4 * 2**30
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1.5gb") == int(1.5 * 2**30)
+    assert parse_size("1000") == 1000
+    assert parse_size(None) is None
+    with pytest.raises(CacheError):
+        parse_size("4 parsecs")

@@ -1,0 +1,211 @@
+"""LangChain's standard chat-model suites on ``ChatImageBindLLM(preset="tiny")``.
+
+The tiny preset has random weights: it emits arbitrary tokens, so every standard test that needs the
+*model* to decide something (call a tool, follow a JSON schema) is marked xfail (not run) below with
+the reason — the suites' required form for an overridden standard test; the protocol behind those
+features is tested with a scripted generator in ``tests/test_chat_model*.py``. Everything about
+plumbing (init, invoke/stream/batch/async, usage metadata, message histories, image/audio inputs
+reaching the model) runs against the real tiny model; the suites' sample-media downloads are served
+locally generated files (tests run offline).
+
+Tests the suites skip by themselves, from the flags below: test_init_from_env (no API key or env
+settings: the model is local), test_serdes (not LangChain-serialisable: it holds a loaded torch
+model), the model-override tests (one loaded model per instance), test_json_mode (no JSON mode: the
+model speaks the GPT4Tools text protocol), the PDF tests (no PDF modality), test_anthropic_inputs
+(not an Anthropic-format model) and the VCR benchmark (no HTTP API to record).
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from ibllm_agent.chat_model import ChatImageBindLLM
+
+# The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
+pytestmark = pytest.mark.asyncio
+
+# The GPT4Tools prompt alone is ~700 tiny-tokenizer tokens; the tiny preset's default context is 512.
+PARAMS = {"preset": "tiny", "model_kwargs": {"context_length": 2048}, "max_new_tokens": 12}
+
+RANDOM_MODEL = (
+    "the tiny preset has random weights: it cannot produce a GPT4Tools 'Action:' step or a schema-valid "
+    "answer, so this test (which needs the model to choose a tool call) cannot pass; the protocol is "
+    "covered by tests/test_chat_model_tools.py over a scripted generator"
+)
+
+
+class TestChatImageBindLLMUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatImageBindLLM]:
+        return ChatImageBindLLM
+
+    @property
+    def chat_model_params(self) -> dict:
+        return dict(PARAMS)
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        # One loaded model per instance; a per-call `model=` cannot swap weights (it is rejected).
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        # No constrained JSON decoding; structured output goes through the tool protocol.
+        return False
+
+    @property
+    def supports_pdf_inputs(self) -> bool:
+        # ImageBind has no document modality.
+        return False
+
+
+def _sample_bytes(url: str) -> bytes:
+    """Locally made stand-ins for the suite's sample downloads (a PNG photo, a WAV recording)."""
+    import io
+
+    import numpy as np
+
+    if url.lower().endswith(".wav"):
+        import soundfile
+
+        buf = io.BytesIO()
+        t = np.arange(16000) / 16000
+        soundfile.write(buf, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, format="WAV")
+        return buf.getvalue()
+    if url.lower().endswith(".png"):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+    raise AssertionError(f"no local stand-in for {url}")
+
+
+class TestChatImageBindLLMIntegration(ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _offline_sample_media(self, monkeypatch):
+        """The suites download sample media (wikimedia, GitHub) with ``httpx.get``, and image-URL tests
+        make the model fetch a URL itself. Tests run offline, so both are served locally generated
+        files of the same kind; our real fetch path is tested against a loopback server in
+        tests/test_content.py."""
+        from ibllm_agent import content
+
+        class _Response:
+            def __init__(self, url: str):
+                self.content = _sample_bytes(str(url))
+                self.status_code = 200
+
+        monkeypatch.setattr(httpx, "get", lambda url, *a, **k: _Response(url))
+        monkeypatch.setattr(content, "_download", lambda url, limits: _sample_bytes(url))
+        content.FETCH_CACHE.clear()
+        yield
+        content.FETCH_CACHE.clear()  # no stand-in bodies cached under real URLs after the test
+
+    @property
+    def chat_model_class(self) -> type[ChatImageBindLLM]:
+        return ChatImageBindLLM
+
+    @property
+    def chat_model_params(self) -> dict:
+        return dict(PARAMS)
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        # One loaded model per instance; a per-call `model=` cannot swap weights (it is rejected).
+        return False
+
+    @property
+    def supports_json_mode(self) -> bool:
+        # No constrained JSON decoding; structured output goes through the tool protocol.
+        return False
+
+    @property
+    def supports_pdf_inputs(self) -> bool:
+        # ImageBind has no document modality.
+        return False
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return True
+
+    @property
+    def supports_image_urls(self) -> bool:
+        return True
+
+    @property
+    def supports_audio_inputs(self) -> bool:
+        return True
+
+    @property
+    def supports_video_inputs(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_image_tool_message(self) -> bool:
+        return True
+
+    @property
+    def supported_usage_metadata_details(self) -> dict:
+        return {"invoke": [], "stream": []}
+
+    # -- tests that need the model itself to decide on a tool call ---------------------------------
+    # (xfail with run=False, the suite's required way to mark an overridden standard test.)
+    # A random tiny model answers the GPT4Tools prompt with noise: with tool_choice="any" and several
+    # tools nothing names the tool, and free-text arguments never fit typed schemas (int, JSON). The
+    # machinery these tests exercise (bind_tools, prefill for tool_choice, parsing, streaming tool
+    # call chunks, create_agent loops) is tested with a scripted generator in
+    # tests/test_chat_model_tools.py and tests/test_chat_model_agent.py.
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_tool_calling(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    async def test_tool_calling_async(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_tool_choice(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_structured_output(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    async def test_structured_output_async(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_structured_output_pydantic_2_v1(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_agent_loop(self) -> None: ...
+
+    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
+    def test_unicode_tool_call_integration(self) -> None: ...

@@ -1,0 +1,464 @@
+"""The download manager against a real HTTP server on 127.0.0.1 (ephemeral port, own thread).
+
+The server (written here) supports ``Range``, can ignore it, cut a body short, fail with 404/503 and
+emulate the two Hugging Face endpoints ``fetch_weight`` uses. Every request is logged so tests can
+assert which bytes were asked for and sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from ibllm_agent import weights
+from ibllm_agent.config import get_settings
+from ibllm_agent.download import download, fetch_weight, list_hf_repo, part_path
+from ibllm_agent.errors import ChecksumError, DownloadError, ManualWeightMissingError
+from ibllm_agent.weights import WeightFile, WeightSpec
+
+PAYLOAD = os.urandom(300_000)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@dataclass
+class Logged:
+    path: str
+    range: str | None
+    status: int
+    body_bytes: int
+    auth: str | None = None
+
+
+@dataclass
+class ServerState:
+    files: dict[str, bytes] = field(default_factory=dict)
+    ignore_range: bool = False
+    cut_after: int | None = None  # close the connection after this many body bytes
+    cut_times: int = 1_000_000  # ... for this many requests
+    fail_status: int | None = None  # answer with this status ...
+    fail_times: int = 0  # ... for this many requests
+    mid_body: Callable[[], None] | None = None  # called halfway through each body
+    log: list[Logged] = field(default_factory=list)
+    hf_tree: dict[str, list[dict]] = field(default_factory=dict)  # "repo@rev" -> tree API answer
+
+
+def _make_handler(state: ServerState):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def _send(
+            self, status: int, body: bytes, headers: dict[str, str] | None = None, cut: int | None = None
+        ):
+            # Logged before anything is sent: the client may act on the headers at once.
+            state.log.append(
+                Logged(
+                    self.path,
+                    self.headers.get("Range"),
+                    status,
+                    len(body if cut is None else body[:cut]),
+                    self.headers.get("Authorization"),
+                )
+            )
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = body if cut is None else body[:cut]
+            half = len(sent) // 2
+            try:
+                self.wfile.write(sent[:half])
+                self.wfile.flush()
+                if state.mid_body is not None:
+                    state.mid_body()
+                self.wfile.write(sent[half:])
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading (error answers)
+                self.close_connection = True
+                return
+            if cut is not None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def do_GET(self):
+            match = re.fullmatch(r"/api/models/(.+)/tree/([^/?]+)\?recursive=true", self.path)
+            if match:
+                key = f"{match.group(1)}@{match.group(2)}"
+                if key not in state.hf_tree:
+                    return self._send(404, b"{}")
+                return self._send(
+                    200, json.dumps(state.hf_tree[key]).encode(), {"Content-Type": "application/json"}
+                )
+            if state.fail_times > 0:
+                state.fail_times -= 1
+                return self._send(state.fail_status or 500, b"try later")
+            body = state.files.get(self.path)
+            if body is None:
+                return self._send(404, b"not found")
+            cut = None
+            if state.cut_after is not None and state.cut_times > 0:
+                state.cut_times -= 1
+                cut = state.cut_after
+            rng = self.headers.get("Range")
+            if rng and not state.ignore_range:
+                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                if start >= len(body):
+                    return self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
+                part = body[start:]
+                headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+                return self._send(206, part, headers, None if cut is None else max(0, cut - start))
+            return self._send(200, body, {"Accept-Ranges": "none" if state.ignore_range else "bytes"}, cut)
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    state = ServerState(files={"/payload.bin": PAYLOAD})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+FAST = {"progress": False, "backoff": 0.0, "timeout": 10.0}
+
+
+def test_full_download_verifies_and_leaves_no_part(server, tmp_path, capsys):
+    dest = tmp_path / "sub" / "payload.bin"
+    out = download(
+        f"{server.base}/payload.bin", dest, sha256=SHA, expected_size=len(PAYLOAD), progress=True, backoff=0.0
+    )
+    assert out == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert not part_path(dest).exists()
+    assert [(r.range, r.status, r.body_bytes) for r in server.log] == [(None, 200, len(PAYLOAD))]
+    assert "payload.bin" in capsys.readouterr().err  # the progress bar goes to stderr
+
+
+def test_resume_requests_only_missing_bytes(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    part_path(dest).write_bytes(PAYLOAD[:100_000])
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.log) == 1
+    assert server.log[0].range == "bytes=100000-"
+    assert server.log[0].status == 206
+    assert server.log[0].body_bytes == len(PAYLOAD) - 100_000
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    server.ignore_range = True
+    dest = tmp_path / "payload.bin"
+    part_path(dest).write_bytes(PAYLOAD[:50_000])
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, **FAST)
+    # The 200 body is the whole file: appending it to the partial would duplicate 50 kB.
+    assert dest.read_bytes() == PAYLOAD
+    assert [(r.range, r.status) for r in server.log] == [("bytes=50000-", 200)]
+
+
+def test_complete_part_answered_416_is_finalised(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    part_path(dest).write_bytes(PAYLOAD)
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert [(r.range, r.status) for r in server.log] == [(f"bytes={len(PAYLOAD)}-", 416)]
+
+
+def test_oversized_part_is_dropped(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    part_path(dest).write_bytes(PAYLOAD + b"junk")
+    download(f"{server.base}/payload.bin", dest, expected_size=len(PAYLOAD), **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log[0].range is None
+
+
+def test_bad_checksum_removes_file(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(ChecksumError, match="sha256") as info:
+        download(f"{server.base}/payload.bin", dest, sha256="0" * 64, **FAST)
+    assert "payload.bin" in str(info.value)
+    assert not dest.exists()
+    assert not part_path(dest).exists()
+
+
+def test_wrong_expected_size_is_a_checksum_error(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(ChecksumError, match=f"{len(PAYLOAD)} bytes"):
+        download(f"{server.base}/payload.bin", dest, expected_size=len(PAYLOAD) + 1, **FAST)
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_404_is_typed_and_not_retried(server, tmp_path):
+    dest = tmp_path / "missing.bin"
+    with pytest.raises(DownloadError, match="404") as info:
+        download(f"{server.base}/missing.bin", dest, retries=3, **FAST)
+    assert info.value.url.endswith("/missing.bin")
+    assert len(server.log) == 1
+    assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_server_error_is_retried(server, tmp_path):
+    server.fail_status, server.fail_times = 503, 2
+    dest = tmp_path / "payload.bin"
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, retries=2, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.status for r in server.log] == [503, 503, 200]
+
+
+def test_persistent_server_error_gives_up(server, tmp_path):
+    server.fail_status, server.fail_times = 503, 10
+    with pytest.raises(DownloadError, match="after 2 attempt"):
+        download(f"{server.base}/payload.bin", tmp_path / "p.bin", retries=1, **FAST)
+
+
+def test_interrupted_transfer_keeps_partial_then_resumes(server, tmp_path):
+    server.cut_after, server.cut_times = 120_000, 1
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(DownloadError, match="run again to resume") as info:
+        download(f"{server.base}/payload.bin", dest, sha256=SHA, retries=0, **FAST)
+    part = part_path(dest)
+    assert info.value.partial == str(part)
+    assert part.read_bytes() == PAYLOAD[:120_000]
+    assert not dest.exists()
+    # Same call again: only the rest is requested.
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, retries=0, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.log[-1].range == "bytes=120000-"
+    assert server.log[-1].body_bytes == len(PAYLOAD) - 120_000
+
+
+def test_interruption_is_resumed_within_one_call(server, tmp_path):
+    server.cut_after, server.cut_times = 70_000, 1
+    dest = tmp_path / "payload.bin"
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, retries=1, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r.range for r in server.log] == [None, "bytes=70000-"]
+
+
+def test_dest_is_never_half_written(server, tmp_path):
+    dest = tmp_path / "payload.bin"
+    dest.write_bytes(b"old version")
+    seen = []
+    server.mid_body = lambda: seen.append(dest.read_bytes())  # what a reader sees mid-transfer
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, **FAST)
+    assert seen == [b"old version"]
+    assert dest.read_bytes() == PAYLOAD
+
+    fresh = tmp_path / "fresh.bin"
+    seen_fresh = []
+    server.mid_body = lambda: seen_fresh.append(fresh.exists())
+    download(f"{server.base}/payload.bin", fresh, **FAST)
+    assert seen_fresh == [False]
+
+
+def test_connection_refused_is_typed(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError, match="ConnectError"):
+        download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin", retries=0, **FAST)
+
+
+# ---- registry entries ------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path):
+    return get_settings(weights_dir=tmp_path / "weights")
+
+
+def test_fetch_file_entry_verifies_skips_and_forces(server, tmp_path, monkeypatch):
+    spec = WeightSpec(
+        name="test_file",
+        kind="file",
+        path="test/payload.bin",
+        description="d",
+        licence="MIT",
+        source="s",
+        size_bytes=len(PAYLOAD),
+        size_exact=True,
+        files=(WeightFile("test/payload.bin", f"{server.base}/payload.bin", len(PAYLOAD), True, SHA),),
+    )
+    monkeypatch.setitem(weights.WEIGHTS, "test_file", spec)
+    settings = _settings(tmp_path)
+    path = fetch_weight("test_file", settings, **FAST)
+    assert path == settings.weights_dir / "test/payload.bin"
+    assert path.read_bytes() == PAYLOAD
+    assert weights.require("test_file", settings) == path
+
+    fetch_weight("test_file", settings, **FAST)  # present and verified: no request
+    assert len(server.log) == 1
+    path.write_bytes(b"corrupted")  # wrong size: fetched again
+    fetch_weight("test_file", settings, **FAST)
+    assert path.read_bytes() == PAYLOAD and len(server.log) == 2
+    fetch_weight("test_file", settings, force=True, **FAST)
+    assert len(server.log) == 3
+
+
+def test_fetch_hf_repo_entry_downloads_matching_files_with_lfs_checksums(server, tmp_path, monkeypatch):
+    unet = os.urandom(20_000)
+    files = {
+        "model_index.json": b'{"_class_name": "X"}',
+        "unet/config.json": b"{}",
+        "unet/diffusion_pytorch_model.safetensors": unet,
+        "unet/diffusion_pytorch_model.fp16.safetensors": b"fp16 duplicate",
+        "v1-5.ckpt": b"original checkpoint",
+    }
+    for rel, body in files.items():
+        server.files[f"/org/repo/resolve/main/{rel}"] = body
+    server.hf_tree["org/repo@main"] = [
+        {"type": "directory", "path": "unet"},
+        *[
+            {"type": "file", "path": rel, "size": len(body)}
+            if rel.endswith(".json")
+            else {
+                "type": "file",
+                "path": rel,
+                "size": 134,
+                "lfs": {"oid": hashlib.sha256(body).hexdigest(), "size": len(body)},
+            }
+            for rel, body in files.items()
+        ],
+    ]
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    spec = WeightSpec(
+        name="test_repo",
+        kind="hf-repo",
+        path="diffusers/repo",
+        description="d",
+        licence="MIT",
+        source="s",
+        size_bytes=None,
+        repo_id="org/repo",
+        allow_patterns=("model_index.json", "*/config.json", "*/diffusion_pytorch_model.safetensors"),
+        required=("model_index.json", "unet/diffusion_pytorch_model.safetensors"),
+    )
+    monkeypatch.setitem(weights.WEIGHTS, "test_repo", spec)
+    settings = _settings(tmp_path)
+    with pytest.raises(weights.MissingWeightError, match="ibllm-agent download test_repo"):
+        weights.require("test_repo", settings)
+
+    root = fetch_weight("test_repo", settings, **FAST)
+    assert root == settings.weights_dir / "diffusers/repo"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]
+    assert (root / "unet/diffusion_pytorch_model.safetensors").read_bytes() == unet
+    assert weights.require("test_repo", settings) == root
+
+    # The Hub's LFS sha256 is enforced: a tampered file on the server is rejected, and a forced
+    # re-download that fails leaves the good copy in place (it is only ever replaced atomically).
+    server.files["/org/repo/resolve/main/unet/diffusion_pytorch_model.safetensors"] = os.urandom(20_000)
+    with pytest.raises(ChecksumError):
+        fetch_weight("test_repo", settings, force=True, **FAST)
+    assert (root / "unet/diffusion_pytorch_model.safetensors").read_bytes() == unet
+    assert not part_path(root / "unet/diffusion_pytorch_model.safetensors").exists()
+    (root / "unet/diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ChecksumError):
+        fetch_weight("test_repo", settings, **FAST)
+    assert not (root / "unet/diffusion_pytorch_model.safetensors").exists()
+
+
+def test_fetch_hf_repo_entry_errors_and_offline_reuse(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    spec = WeightSpec(
+        name="test_repo2",
+        kind="hf-repo",
+        path="diffusers/repo2",
+        description="d",
+        licence="MIT",
+        source="s",
+        size_bytes=None,
+        repo_id="org/repo2",
+        allow_patterns=("model_index.json", "unet/*"),
+        required=("model_index.json", "unet/config.json"),
+    )
+    monkeypatch.setitem(weights.WEIGHTS, "test_repo2", spec)
+    settings = _settings(tmp_path)
+    server.hf_tree["org/repo2@main"] = [{"type": "file", "path": "model_index.json", "size": 2}]
+    server.files["/org/repo2/resolve/main/model_index.json"] = b"{}"
+    with pytest.raises(DownloadError, match="lacks required file.*unet/config.json"):
+        fetch_weight("test_repo2", settings, **FAST)
+    server.hf_tree["org/repo2@main"] = [{"type": "file", "path": "README.md", "size": 2}]
+    with pytest.raises(DownloadError, match="no files matching"):
+        fetch_weight("test_repo2", settings, **FAST)
+
+    # A complete local copy is kept when the Hub cannot be reached; incomplete ones fail.
+    del server.hf_tree["org/repo2@main"]
+    root = settings.weights_dir / "diffusers/repo2"
+    (root / "unet").mkdir(parents=True)
+    (root / "model_index.json").write_text("{}")
+    with pytest.raises(DownloadError, match="cannot list org/repo2@main"):
+        fetch_weight("test_repo2", settings, **FAST)
+    (root / "unet/config.json").write_text("{}")
+    assert fetch_weight("test_repo2", settings, **FAST) == root
+
+
+def test_list_hf_repo_reports_unknown_repo_and_unsafe_paths(server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    with pytest.raises(DownloadError, match="cannot list org/nope@main.*404"):
+        list_hf_repo("org/nope", "main")
+    server.hf_tree["org/evil@main"] = [{"type": "file", "path": "../../outside.txt", "size": 1}]
+    with pytest.raises(DownloadError, match="unsafe file path '../../outside.txt'"):
+        list_hf_repo("org/evil", "main")
+
+
+def test_fetch_manual_entry_explains(tmp_path):
+    settings = _settings(tmp_path)
+    with pytest.raises(ManualWeightMissingError, match="cannot be downloaded automatically") as info:
+        fetch_weight("llama_7b", settings, **FAST)
+    assert str(settings.weights_dir / "llama") in str(info.value)
+
+
+def test_hf_token_is_sent_only_to_the_hub(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    download(f"{server.base}/payload.bin", tmp_path / "a.bin", **FAST)
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    download(f"{server.base}/payload.bin", tmp_path / "b.bin", **FAST)
+    assert [r.auth for r in server.log] == ["Bearer hf_secret", None]
+
+
+def test_second_concurrent_download_is_refused(server, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    dest = tmp_path / "payload.bin"
+    lock = tmp_path / "payload.bin.part.lock"
+    with open(lock, "a+b") as held:  # another process holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DownloadError, match="another process is already downloading"):
+            download(f"{server.base}/payload.bin", dest, **FAST)
+    assert server.log == [] and not dest.exists()
+    download(f"{server.base}/payload.bin", dest, **FAST)  # lock released: works, lock file cleaned up
+    assert dest.read_bytes() == PAYLOAD and not lock.exists()
+
+
+def test_not_enough_disk_space_fails_before_writing(server, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000)
+    )
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(
+        DownloadError, match=f"not enough disk space.*{len(PAYLOAD)} more bytes needed, 1000 free"
+    ):
+        download(f"{server.base}/payload.bin", dest, **FAST)
+    assert not dest.exists() and not part_path(dest).exists()

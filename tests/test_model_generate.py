@@ -1,0 +1,88 @@
+"""ImageBindLLM.generate / stream on the tiny preset (the engine itself is tested in test_generation*)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ibllm_agent.errors import ConfigError, ContextLengthError
+from ibllm_agent.model import ImageBindLLM
+from ibllm_agent.types import Generation, Media, Sampling, TextGenerator
+
+
+@pytest.fixture(scope="module")
+def model() -> ImageBindLLM:
+    m = ImageBindLLM.from_preset("tiny", seed=7)
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():  # visible gates and a confident LM head, so media change greedy outputs
+        for i in m.config.layers:
+            gate = m.lm.model.layers[i].self_attn.gate
+            gate.copy_(torch.randn(gate.shape, generator=g) * 2)
+        m.lm.lm_head.weight.mul_(20)
+        # A random-init encoder maps all images to nearly one direction; amplify what differs.
+        m.prefix_query.weight.mul_(0.02)
+        m.bind.proj.weight.mul_(10)
+    return m
+
+
+IMG_A = torch.zeros(3, 224, 224)
+IMG_A[0] = 2.0
+IMG_B = torch.linspace(-2, 2, 224).expand(3, 224, 224).clone()
+
+
+def test_satisfies_text_generator_protocol(model):
+    assert isinstance(model, TextGenerator)
+    assert model.prompt_template == "alpaca" and model.context_length == 512
+    assert model.count_tokens("hello world") == len(model.tokenizer.encode("hello world", bos=False))
+
+
+def test_stream_joins_to_generate(model):
+    prompt = "Describe the image in detail."
+    out = model.generate(prompt, [Media("image", IMG_A)], temperature=0, max_new_tokens=12)
+    assert isinstance(out, Generation) and out.completion_tokens > 0
+    deltas = list(model.stream(prompt, [Media("image", IMG_A)], sampling=Sampling(temperature=0, max_new_tokens=12)))
+    assert "".join(deltas) == out.text
+
+
+def test_media_changes_the_answer_and_batch_equals_single(model):
+    s = Sampling(temperature=0, max_new_tokens=10)
+    p1, p2 = "What is in the photo?", "Describe the sound."
+    a = model.generate(p1, [Media("image", IMG_A)], sampling=s)
+    b = model.generate(p1, [Media("image", IMG_B)], sampling=s)
+    assert a.extras["token_ids"] != b.extras["token_ids"]  # different visual input, different greedy answer
+    batch = model.generate([p1, p2], [[Media("image", IMG_A)], [Media("image", IMG_B)]], sampling=s)
+    single2 = model.generate(p2, [Media("image", IMG_B)], sampling=s)
+    assert [g.extras["token_ids"] for g in batch] == [a.extras["token_ids"], single2.extras["token_ids"]]
+
+
+def test_prefix_reuse_is_keyed_by_visual_input(model):
+    s = Sampling(temperature=0, max_new_tokens=4)
+    base = "Below is an instruction. ### Instruction: describe the picture and the sound. "
+    model.engine.clear_cache()
+    model.generate(base, [Media("image", IMG_A)], sampling=s)
+    again = model.generate(base + "Thought: more", [Media("image", IMG_A)], sampling=s)
+    assert again.extras["reused_tokens"] > 10  # the shared prompt prefix was not re-encoded
+    other = model.generate(base + "Thought: more", [Media("image", IMG_B)], sampling=s)
+    assert other.extras["reused_tokens"] == 0  # a different image never shares the cache
+    fresh = ImageBindLLM.from_preset("tiny", seed=7)
+    fresh.load_state_dict(model.state_dict())
+    ref = fresh.generate(base + "Thought: more", [Media("image", IMG_A)], sampling=s)
+    assert ref.extras["token_ids"] == again.extras["token_ids"]  # reuse does not change the result
+
+
+def test_errors(model):
+    with pytest.raises(ContextLengthError):
+        model.generate("word " * 600, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="sampling"):
+        model.generate("hi", bogus=1)
+    with pytest.raises(ConfigError, match="prompts"):
+        model.generate(["a", "b"], [[Media("image", IMG_A)]])
+
+
+def test_text_only_prompts_reuse_the_prefix_too():
+    m = ImageBindLLM.from_preset("tiny", seed=7, text_only="off")
+    s = Sampling(temperature=0, max_new_tokens=3)
+    base = "Below is an instruction. ### Instruction: tell me a story about a dog. "
+    m.generate(base, sampling=s)
+    again = m.generate(base + "Observation: done", sampling=s)
+    assert again.extras["reused_tokens"] > 10
