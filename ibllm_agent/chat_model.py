@@ -32,6 +32,7 @@ from ibllm_agent.content import FetchLimits, MessageContent, message_text, split
 from ibllm_agent.errors import ConfigError, ContentBlockError, ToolArgumentError
 from ibllm_agent.experts import run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
+from ibllm_agent.step_stream import StepStream, StopCutter
 from ibllm_agent.types import CacheSettings, Media, Sampling, TextGenerator
 
 log = logging.getLogger(__name__)
@@ -576,8 +577,8 @@ class ChatImageBindLLM(BaseChatModel):
             # decided: an answer (content) or a valid tool call goes out; an invalid step is dropped
             # and fed back as an error observation.
             gate = _Gate(self, call, hold=call.tool_mode and len(failed) < self.invalid_retries)
-            cutter = _StopCutter(call.sampling.stop)
-            parser = _StepStream(call.prefill, call.tool_mode)
+            cutter = StopCutter(call.sampling.stop)
+            parser = StepStream(call.prefill, call.tool_mode)
             pieces: list[str] = []
 
             with _call_lock(self.model):
@@ -848,145 +849,3 @@ class _Gate:
     def release(self) -> Iterator[ChatGenerationChunk]:
         held, self.held = self.held, []
         yield from held
-
-
-class _StopCutter:
-    """Cuts a stream at the earliest stop string, holding back a tail that could start one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.buf = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.buf += piece
-        text, found = P.cut_at_stop(self.buf, self.stops)
-        if found:
-            self.stopped = True
-            self.buf = ""
-            return text
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.buf)), 0, -1):
-                if self.buf.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
-        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.buf = ("" if self.stopped else self.buf), ""
-        return out
-
-
-class _Trim:
-    """Streams text with leading and trailing whitespace removed (like ``str.strip`` on the whole)."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.held = ""
-
-    def push(self, text: str) -> str:
-        if not self.started:
-            text = text.lstrip()
-            if not text:
-                return ""
-            self.started = True
-        text = self.held + text
-        body = text.rstrip()
-        self.held = text[len(body):]
-        return body
-
-
-_MARKERS = ("Thought", "Action", "AI:", "Observation")
-
-
-class _StepStream:
-    """Incremental reading of one model step into stream events.
-
-    Events: ``("reasoning", thought)`` when the first ``Thought:`` line is complete; ``("content",
-    text)`` for answer text (after ``AI:``, or all text when the output is not in the protocol);
-    ``("step", raw_text)`` when an ``Action Input:`` line is complete (or at the end for a step that
-    needs the final parse). Plain (tool-less) calls stream everything as content.
-    """
-
-    def __init__(self, prefill: str, tool_mode: bool):
-        self.buf = prefill
-        self.tool_mode = tool_mode
-        self.mode = "head" if tool_mode else "plain"
-        self.answer_from = 0  # index in buf where streamed content starts
-        self.sent = 0  # chars of buf[answer_from:] already handed to the trimmer
-        self.trim = _Trim()
-        self.thought_sent = False
-
-    def feed(self, piece: str) -> list[tuple[str, Any]]:
-        self.buf += piece
-        events: list[tuple[str, Any]] = []
-        if self.mode == "head":
-            self._scan_head(events)
-        if self.mode in ("answer", "plain"):
-            new = self.buf[self.answer_from + self.sent :]
-            self.sent += len(new)
-            text = self.trim.push(new)
-            if text:
-                events.append(("content", text))
-        return events
-
-    def _scan_head(self, events: list[tuple[str, Any]]) -> None:
-        raw = self.buf
-        if not self.thought_sent:
-            th = P._THOUGHT_RE.search(raw)
-            if th and raw.find("\n", th.start(1)) >= 0:
-                events.append(("reasoning", th.group(1).strip()))
-                self.thought_sent = True
-        ai = _find_ai(raw)
-        lines = raw.split("\n")
-        complete, partial = lines[:-1], lines[-1]
-        end = 0
-        for i, line in enumerate(complete):
-            end += len(line) + 1
-            if line.lstrip().startswith("Action Input:") and (ai < 0 or end - 1 <= ai):
-                # A complete Action Input line before any "AI:": the step is decided (parse_step's rule).
-                events.append(("step", "\n".join(lines[: i + 1])))
-                self.mode = "done"
-                return
-        if ai >= 0:
-            self.mode, self.answer_from = "answer", ai + len(P.AI_PREFIX) + 1
-            return
-        protocol_seen = any(line.strip() and line.lstrip().startswith(_MARKERS) for line in complete)
-        first = next((line for line in complete if line.strip()), None)
-        if not protocol_seen and first is not None and not first.lstrip().startswith(_MARKERS):
-            self.mode = "plain"
-            return
-        head = partial.lstrip()
-        if not protocol_seen and first is None and len(head) >= 16 and not head.startswith(_MARKERS):
-            self.mode = "plain"
-
-    def finish(self) -> list[tuple[str, Any]]:
-        events: list[tuple[str, Any]] = []
-        if self.mode == "head":
-            step = P.parse_step(self.buf)
-            if step.kind == "final":
-                if step.thought is not None and not self.thought_sent:
-                    events.append(("reasoning", step.thought))
-                if step.answer:
-                    events.append(("content", step.answer))
-            else:
-                if step.thought is not None and not self.thought_sent:
-                    events.append(("reasoning", step.thought))
-                events.append(("step", self.buf))
-        return events
-
-
-def _find_ai(raw: str) -> int:
-    """Index of the first ``AI:`` that is not part of a word, or -1 (after cutting observations)."""
-    start = 0
-    while True:
-        i = raw.find(f"{P.AI_PREFIX}:", start)
-        if i < 0:
-            return -1
-        if i == 0 or not raw[i - 1].isalnum():
-            return i
-        start = i + 1

@@ -150,7 +150,7 @@ def test_media_of_the_latest_turn_are_kept_for_follow_ups(samples):
 def test_tiny_model_encodes_attached_media(samples, monkeypatch):
     """The real tiny ImageBind-LLM: image, audio and point cloud blocks reach its encoder as tensors of
     the right shape, fused with the per-call weights."""
-    chat = ChatImageBindLLM(preset="tiny", model_kwargs={"context_length": 2048}, max_new_tokens=4, temperature=0.0)
+    chat = ChatImageBindLLM(preset="tiny", max_new_tokens=4, temperature=0.0)
     seen = []
     original = type(chat.model)._encode_tensor
 

@@ -27,8 +27,7 @@ from ibllm_agent.chat_model import ChatImageBindLLM
 # The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
 pytestmark = pytest.mark.asyncio
 
-# The GPT4Tools prompt alone is ~700 tiny-tokenizer tokens; the tiny preset's default context is 512.
-PARAMS = {"preset": "tiny", "model_kwargs": {"context_length": 2048}, "max_new_tokens": 12}
+PARAMS = {"preset": "tiny", "max_new_tokens": 12}
 
 RANDOM_MODEL = (
     "the tiny preset has random weights: it cannot produce a GPT4Tools 'Action:' step or a schema-valid "

@@ -32,7 +32,7 @@ IMG_B = torch.linspace(-2, 2, 224).expand(3, 224, 224).clone()
 
 def test_satisfies_text_generator_protocol(model):
     assert isinstance(model, TextGenerator)
-    assert model.prompt_template == "alpaca" and model.context_length == 512
+    assert model.prompt_template == "alpaca" and model.context_length == 2048
     assert model.count_tokens("hello world") == len(model.tokenizer.encode("hello world", bos=False))
 
 

@@ -150,7 +150,7 @@ def load_chat_model(model: Any) -> Any:
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(preset="tiny", model_kwargs={"context_length": 2048}, max_new_tokens=64)
+        return ChatImageBindLLM(preset="tiny", max_new_tokens=64)
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 

@@ -234,11 +234,15 @@ def config_tiny(vocab_size: int, visual_dim: int, **overrides: Any) -> ImageBind
         "vocab_size": int(vocab_size),
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        "max_position_embeddings": 1024,
+        "max_position_embeddings": 2048,
         "tie_word_embeddings": False,
         "bos_token_id": 1,
         "eos_token_id": 2,
     }
-    defaults: dict[str, Any] = {"visual_dim": visual_dim, "encoder": "tiny_w3d", "encoder_weights": None}
+    # 2048 tokens of context (not the reference's 512): the GPT4Tools prompt alone is ~700 tiny-tokenizer
+    # tokens, and the tiny preset must run the tool protocol end to end with default settings.
+    defaults: dict[str, Any] = {
+        "visual_dim": visual_dim, "encoder": "tiny_w3d", "encoder_weights": None, "context_length": 2048,
+    }
     defaults.update(overrides)
     return ImageBindLLMConfig(lm=lm, **defaults)
