@@ -72,7 +72,7 @@ def test_prefix_reuse_is_keyed_by_visual_input(model):
 
 def test_errors(model):
     with pytest.raises(ContextLengthError):
-        model.generate("word " * 600, max_new_tokens=4)
+        model.generate("word " * (model.context_length + 100), max_new_tokens=4)
     with pytest.raises(ConfigError, match="sampling"):
         model.generate("hi", bogus=1)
     with pytest.raises(ConfigError, match="prompts"):
