@@ -4,7 +4,7 @@
     python benchmarks/cache.py --n 3000000 --ref-queries 20
 
 Data: synthetic *clustered* unit vectors shaped like image embeddings — a shared mean direction
-(random pairs have cosine ≈ 0.2), 1024 top clusters × 16 sub-clusters (same sub-cluster ≈ 0.85,
+(random pairs have cosine ≈ 0.13), 1024 top clusters × 16 sub-clusters (same sub-cluster ≈ 0.85,
 same cluster ≈ 0.65) plus isotropic noise. Generated in chunks straight into a float16 memmap, so RAM
 stays bounded; reused across runs with the same --n/--dim/--seed.
 
@@ -77,10 +77,13 @@ def _centers(dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, centres
 
 
+NOISE = 0.5  # norm of the isotropic part; --noise raises it to flatten neighbourhoods
+
+
 def synth(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """n unit vectors around random sub-cluster centres: [n, D] float32."""
     which = rng.integers(0, centres.shape[0], size=n)
-    x = centres[which] + (0.5 / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
+    x = centres[which] + (NOISE / np.sqrt(dim)) * rng.standard_normal((n, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -135,14 +138,19 @@ def timed_queries(fn, queries: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]
     return np.asarray(lat), rows
 
 
-def bench_ours(features, queries, truth, k, memory_budget):
+def bench_ours(features, queries, truth, k, memory_budget, index=None, nprobe=0, refine=0):
     from ibllm_agent.cache import VisualCache
 
     gc.collect()
     before = _rss()["anon"]
     t0 = time.perf_counter()
-    cache = VisualCache.from_features(features, memory_budget=memory_budget)
+    cache = VisualCache.from_features(features, memory_budget=memory_budget, index=index)
     build_s = time.perf_counter() - t0
+    if (nprobe or refine) and cache.plan.nlist:  # override the sizing rules (explore recall vs latency)
+        from dataclasses import replace
+
+        cache.plan = replace(cache.plan, nprobe=nprobe or cache.plan.nprobe, refine=refine or cache.plan.refine)
+        cache._search_index = None
     gc.collect()
     anon = _rss()["anon"] - before
 
@@ -160,7 +168,7 @@ def bench_ours(features, queries, truth, k, memory_budget):
 
     return {
         "name": f"ours ({cache.plan.kind}" + (f", nlist={cache.plan.nlist} nprobe={cache.plan.nprobe}"
-                                               f"{f' PQ{cache.plan.pq_m}' if cache.plan.pq_m else ''} refine x{cache.plan.refine}"
+                                               f"{f' PQ{cache.plan.pq_m}x{cache.plan.pq_nbits}' if cache.plan.pq_m else ' SQ8'} refine x{cache.plan.refine}"
                                                if cache.plan.kind != "flat" else "") + ")",
         "build_s": build_s,
         "ram": len(faiss.serialize_index(cache.index)),
@@ -205,6 +213,7 @@ def bench_reference(features, queries, truth, k):
 
 
 def main(argv: list[str] | None = None) -> None:
+    global NOISE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="number of cached features")
     ap.add_argument("--dim", type=int, default=1024)
@@ -215,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-budget", type=float, default=4.0, help="GiB of RAM for our index")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ibllm_cache_bench")
     ap.add_argument("--skip-reference", action="store_true", help="skip the flat float32 reference")
+    ap.add_argument("--index", choices=["flat", "ivf_sq8", "ivf_pq"], default=None,
+                    help="force our index kind (default: the sizing rules)")
+    ap.add_argument("--nprobe", type=int, default=0, help="override nprobe (default: the sizing rules)")
+    ap.add_argument("--refine", type=int, default=0, help="override the refine factor (candidates = refine·k)")
     ap.add_argument("--threads", type=int, default=0, help="faiss threads (default: all cores)")
+    ap.add_argument("--noise", type=float, default=NOISE,
+                    help="norm of the isotropic noise (0.5: same-sub-cluster cosine ~0.85; 1.0: ~0.6, harder)")
     args = ap.parse_args(argv)
 
     import faiss
@@ -225,13 +240,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs: {faiss.get_num_gpus()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
-    feats = make_features(args.workdir / f"feats_{args.n}_{args.dim}_{args.seed}.f16", args.n, args.dim, args.seed)
+    NOISE = args.noise
+    tag = f"{args.n}_{args.dim}_{args.seed}" + (f"_noise{args.noise:g}" if args.noise != 0.5 else "")
+    feats = make_features(args.workdir / f"feats_{tag}.f16", args.n, args.dim, args.seed)
     print(f"features: {args.n} x {args.dim} float16 = {feats.nbytes / 2**30:.2f} GiB memmap "
           f"({time.perf_counter() - t0:.1f} s)")
     _, centres = _centers(args.dim, args.seed)
     queries = synth(args.queries, args.dim, centres, np.random.default_rng([args.seed, 10**6]))
     t0 = time.perf_counter()
-    truth_file = args.workdir / f"truth_{args.n}_{args.dim}_{args.seed}_{args.queries}_{args.k}.npy"
+    truth_file = args.workdir / f"truth_{tag}_{args.queries}_{args.k}.npy"
     if truth_file.exists():
         truth = np.load(truth_file)
     else:
@@ -239,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         np.save(truth_file, truth)
     print(f"ground truth: exact top-{args.k} of {args.queries} queries ({time.perf_counter() - t0:.1f} s)")
 
-    results = [bench_ours(feats, queries, truth, args.k, int(args.memory_budget * 2**30))]
+    results = [bench_ours(feats, queries, truth, args.k, int(args.memory_budget * 2**30), args.index, args.nprobe, args.refine)]
     ref_bytes = 4 * args.n * args.dim
     avail = _mem_available()
     if args.skip_reference:
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append(bench_reference(feats, queries[:nq], truth[:nq], args.k))
 
     head = f"{'':58s} {'build s':>9s} {'RAM GiB':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>9s} {'enhance p50':>11s}"
-    print(f"\nn = {args.n:,}, dim = {args.dim}, k = {args.k}")
+    print(f"\nn = {args.n:,}, dim = {args.dim}, k = {args.k}, noise = {args.noise:g}")
     print(head)
     for r in results:
         print(f"{r['name'][:58]:58s} {r['build_s']:9.1f} {r['ram'] / 2**30:8.3f} {r['p50_ms']:8.2f} "

