@@ -234,3 +234,24 @@ def test_python_m_info_with_empty_weights_dir(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(tmp_path / "w") in proc.stdout
     assert "0 of 21 present" in proc.stdout
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    """.ci/run must run exactly the commands README.md gives (install, then test)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    ci = (repo / ".ci" / "run").read_text()
+
+    def block_after(heading: str) -> list[str]:
+        section = readme.split(heading, 1)[1]
+        code = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+        return [line.strip() for line in code.splitlines() if line.strip() and not line.startswith("#")]
+
+    install = block_after("## Install")
+    assert 'pip install -e ".[dev]"' in install[-1]
+    assert 'pip install -q -e ".[dev]"' in ci
+    (test_cmd,) = block_after("## Test")
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert test_cmd in ci_lines, f"README test command {test_cmd!r} is not what .ci/run runs"
