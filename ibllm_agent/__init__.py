@@ -32,6 +32,11 @@ _LAZY = {
 __all__ = [*_LAZY, "media", "__version__"]
 
 
+def __dir__() -> list[str]:
+    # The lazy names too, so completion and help() show the public API.
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

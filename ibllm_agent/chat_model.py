@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -25,7 +28,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.json import parse_partial_json
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from ibllm_agent import protocol as P
 from ibllm_agent.content import FetchLimits, MessageContent, message_text, split_message
@@ -138,7 +141,8 @@ class ChatImageBindLLM(BaseChatModel):
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
         for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
-        ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``).
+        ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
+        captions) are remembered per attachment content, so later agent steps do not rerun them.
 
     Key init args — tools (GPT4Tools protocol):
         protocol: ``"training"`` (the prompt the GPT4Tools LoRA was trained on, default) or ``"demo"``.
@@ -154,8 +158,10 @@ class ChatImageBindLLM(BaseChatModel):
         ``"prepend"`` (before the PREFIX) or ``"ignore"``. invalid_retries (0): how many times an
         invalid step (unknown tool, unparseable, arguments that do not fit) is fed back to the model
         as ``Observation: Error: …`` and regenerated before it is returned as ``invalid_tool_calls``
-        (LangChain's ``handle_parsing_errors``; useful under ``create_agent``, which ends a run on a
-        message without ``tool_calls``). Usage then sums all attempts.
+        (LangChain's ``handle_parsing_errors``; useful under a bare ``create_agent``, which ends a run
+        on a message without ``tool_calls``). Usage then sums all attempts. ``build_agent`` keeps this
+        at 0 and answers invalid steps at the graph level instead (``build_agent(invalid_retries=2)``),
+        so each attempt stays visible in the thread.
 
     Invoke:
         .. code-block:: python
@@ -193,7 +199,9 @@ class ChatImageBindLLM(BaseChatModel):
         ``Action Input`` is mapped onto the tool's schema with GPT4Tools' comma rule (the remainder
         joins the last field; a one-parameter tool gets the whole string); tool names match
         case-insensitively and fuzzily. Unknown tools and unparseable steps become
-        ``invalid_tool_calls`` (never exceptions); ``AI: …`` becomes the answer. The raw model text is
+        ``invalid_tool_calls`` (never exceptions; when streamed, LangChain's chunk aggregation drops
+        their ``error``, so it is also in ``additional_kwargs["tool_call_errors"][call_id]``);
+        ``AI: …`` becomes the answer. The raw model text is
         kept in ``response_metadata["raw_text"]`` and replayed byte-exact on the next step.
         ``tool_choice``: ``"any"``/``"required"``/a tool name prefill ``Thought: Do I need to use a
         tool? Yes`` / ``Action: …``; ``"none"`` prefills the ``No`` thought and ``AI:``.
@@ -253,6 +261,12 @@ class ChatImageBindLLM(BaseChatModel):
 
     fetch_timeout: float = 10.0
     fetch_max_bytes: int = 64 * 1024 * 1024
+
+    # (expert id, modality, source key) -> finding: experts and the captioner run once per
+    # attachment, not on every model call (an agent turn calls the model once per step, and every call
+    # re-reads the thread's attachments).
+    _findings: OrderedDict = PrivateAttr(default_factory=OrderedDict)
+    _findings_lock: Any = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="before")
     @classmethod
@@ -428,9 +442,14 @@ class ChatImageBindLLM(BaseChatModel):
                 [*convo.past, *convo.announcements], "full",
                 fits=lambda text: self.model.count_tokens(text) <= budget,
             )
+        # Templates end at the answer marker ("ASSISTANT:", "### Response:"); in training the answer
+        # followed after a space (SentencePiece "▁Thought"), so a prefill gets that space too.
+        def with_prefill(prompt: str) -> str:
+            return prompt + (" " if prefill and prompt.endswith(":") else "") + prefill
+
         return _Call(
-            render(history_text) + prefill, prefill, convo.media, sampling, cache, tools, shown,
-            with_steps=lambda extra: render(history_text, extra) + prefill,
+            with_prefill(render(history_text)), prefill, convo.media, sampling, cache, tools, shown,
+            with_steps=lambda extra: with_prefill(render(history_text, extra)),
         )
 
     def _cache_settings(self, value: Any) -> CacheSettings:
@@ -522,7 +541,7 @@ class ChatImageBindLLM(BaseChatModel):
             desc = descriptions[i] if i < len(descriptions) else None
             if not desc and self.captioner is not None and m.modality in tuple(self.captioner.modalities):
                 try:
-                    desc = self.captioner(m)
+                    desc = self._finding(self.captioner, m)
                 except Exception:  # noqa: BLE001 - a caption is optional context
                     desc = None
             human, ai = P.render_announcement(
@@ -530,6 +549,23 @@ class ChatImageBindLLM(BaseChatModel):
             )
             out.append(P.Exchange(human, ai))
         return out
+
+    def _finding(self, expert: Any, media: Media) -> str | None:
+        """``expert(media)``, remembered per attachment content (the last 256 findings)."""
+        key = _source_key(media.source)
+        if key is None:
+            return expert(media)
+        key = (id(expert), media.modality, key)
+        with self._findings_lock:
+            if key in self._findings:
+                self._findings.move_to_end(key)
+                return self._findings[key]
+        value = expert(media)  # an exception is not remembered: the next call tries again
+        with self._findings_lock:
+            self._findings[key] = value
+            while len(self._findings) > 256:
+                self._findings.popitem(last=False)
+        return value
 
     # -- LangChain entry points --------------------------------------------------------------------
     def _generate(
@@ -631,7 +667,12 @@ class ChatImageBindLLM(BaseChatModel):
                 yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
             for tc in fields["invalid_tool_calls"]:
                 chunk = {"name": tc["name"], "args": tc["args"], "id": tc["id"], "index": 0}
-                yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
+                # Aggregating chunks rebuilds invalid_tool_calls with error=None (LangChain re-parses
+                # tool_call_chunks), so the reason travels in additional_kwargs, keyed by call id.
+                yield ChatGenerationChunk(message=AIMessageChunk(
+                    content="", tool_call_chunks=[chunk],
+                    additional_kwargs={"tool_call_errors": {tc["id"]: tc["error"]}},
+                ))
             if fields["content"]:
                 yield ChatGenerationChunk(message=AIMessageChunk(content=fields["content"]))
 
@@ -694,6 +735,32 @@ class ChatImageBindLLM(BaseChatModel):
         finally:
             cancelled.set()
             await worker
+
+
+def _source_key(source: Any) -> tuple | None:
+    """What identifies an attachment's content for remembering expert findings: a file's path, size
+    and modification time, or a digest of bytes; ``None`` (do not remember) for other objects."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return ("bytes", hashlib.sha1(bytes(source)).hexdigest())
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source).removeprefix("file://")
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return ("file", os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    return None
+
+
+class _Remembered:
+    """An expert whose findings the chat model remembers per attachment (see ``_finding``)."""
+
+    def __init__(self, chat: ChatImageBindLLM, expert: Any):
+        self.chat, self.expert = chat, expert
+        self.name, self.modalities = expert.name, expert.modalities
+
+    def __call__(self, media: Media) -> str | None:
+        return self.chat._finding(self.expert, media)
 
 
 def _invalid_args(step: P.ParsedStep) -> str:
@@ -769,7 +836,7 @@ class _Conversation:
             content = split(rest[last_h])
             media = [chat._named(x) for x in content.media]
             announcements = chat._announce(media, content.descriptions)
-            text = with_context(content.text, run_experts(chat.experts, media))
+            text = with_context(content.text, run_experts([_Remembered(chat, e) for e in chat.experts], media))
         return cls(system or None, past, text, media or last_media, announcements, rest[last_h + 1 :])
 
     def past_pairs(self) -> list[tuple[str, str]]:

@@ -14,6 +14,11 @@ The config file is flat TOML with the field names as keys, for example::
     dtype = "bf16"
     memory_url = "sqlite:////data/ibllm/memory.sqlite"
 
+Relative ``weights_dir`` / ``workspace_dir`` in the file are relative to the file's folder (not to
+wherever the command runs). An empty environment variable counts as unset. A config file named
+explicitly (``config_file=`` / ``--config``) must exist; the default one and ``$IBLLM_CONFIG_FILE``
+may be absent (then only env and defaults apply).
+
 ``resolve_device`` / ``resolve_dtype`` turn the ``"auto"`` strings into torch objects; torch is
 imported inside them so that ``import ibllm_agent.config`` stays light.
 """
@@ -55,28 +60,38 @@ _DTYPE_ALIASES = {
 }
 
 
-def _config_file_from(init_kwargs: dict[str, Any]) -> Path:
-    """The config file to read: the explicit argument, else $IBLLM_CONFIG_FILE, else the default."""
-    raw = init_kwargs.get("config_file") or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
-    return Path(raw or DEFAULT_CONFIG_FILE).expanduser()
+def _config_file_from(init_kwargs: dict[str, Any]) -> tuple[Path, bool]:
+    """The config file to read and whether it was named explicitly (the argument): else
+    $IBLLM_CONFIG_FILE (an empty value counts as unset), else the default."""
+    explicit = init_kwargs.get("config_file")
+    raw = explicit or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    return Path(raw or DEFAULT_CONFIG_FILE).expanduser(), bool(explicit)
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):
-    """Reads the flat TOML config file; a missing file is an empty source, a broken one an error."""
+    """Reads the flat TOML config file; a missing file is an empty source (unless it was named
+    explicitly), a broken one an error."""
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path, explicit: bool = False):
         super().__init__(settings_cls)
         self.path = path
+        self.explicit = explicit
         self.data = self._read()
 
     def _read(self) -> dict[str, Any]:
-        if not self.path.is_file():
+        if not self.path.exists():
+            if self.explicit:  # a typo in --config must not silently fall back to the defaults
+                raise ConfigError(f"config file {self.path} does not exist")
             return {}
+        if not self.path.is_file():
+            raise ConfigError(f"config file {self.path} is not a file")
         try:
             with open(self.path, "rb") as f:
                 data = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {self.path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib lets the decode error through
+            raise ConfigError(f"config file {self.path} is not UTF-8 text: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"config file {self.path} cannot be read: {exc}") from None
         known = set(self.settings_cls.model_fields) - {"config_file"}
@@ -86,6 +101,12 @@ class _TomlFileSource(PydanticBaseSettingsSource):
                 f"config file {self.path} has unknown key(s) {', '.join(unknown)}; "
                 f"known keys: {', '.join(sorted(known))}"
             )
+        for key in ("weights_dir", "workspace_dir"):
+            # Relative folders are anchored at the file's folder, so the same file means the same
+            # folders whatever the current directory is (env vars and flags stay cwd-relative).
+            if isinstance(data.get(key), str) and data[key]:
+                value = Path(data[key]).expanduser()
+                data[key] = value if value.is_absolute() else self.path.parent / value
         return data
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -101,7 +122,10 @@ class Settings(BaseSettings):
     Build one with :func:`get_settings`, which turns validation failures into ``ConfigError``.
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # env_ignore_empty: `IBLLM_WEIGHTS_DIR= cmd` means "unset", not Path("") == the current folder.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, env_ignore_empty=True
+    )
 
     weights_dir: Path = Field(
         default=Path("~/.cache/ibllm"),
@@ -167,7 +191,8 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env or secrets-dir sources: the documented order is flags > env > config file > default.
         init_kwargs = getattr(init_settings, "init_kwargs", {})
-        return init_settings, env_settings, _TomlFileSource(settings_cls, _config_file_from(init_kwargs))
+        path, explicit = _config_file_from(init_kwargs)
+        return init_settings, env_settings, _TomlFileSource(settings_cls, path, explicit)
 
 
 def get_settings(**overrides: Any) -> Settings:

@@ -31,6 +31,7 @@ import base64
 import binascii
 import mimetypes
 import threading
+import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,8 @@ FileResolver = Callable[[str], Any]
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """Limits for remote ``http(s)`` attachments: seconds per request and bytes per file."""
+    """Limits for remote ``http(s)`` attachments: seconds per request (the whole download, not just
+    the wait for each piece) and bytes per file."""
 
     timeout: float = 10.0
     max_bytes: int = 64 * 1024 * 1024
@@ -201,6 +203,9 @@ def fetch(url: str, limits: FetchLimits = FetchLimits(), *, use_cache: bool = Tr
 def _download(url: str, limits: FetchLimits) -> bytes:
     import httpx
 
+    # httpx's timeout bounds each network wait; a server dripping bytes would never trip it, so the
+    # whole download also has a deadline.
+    deadline = time.monotonic() + limits.timeout
     try:
         with httpx.stream("GET", url, timeout=limits.timeout, follow_redirects=True) as resp:
             if resp.status_code >= 400:
@@ -213,6 +218,8 @@ def _download(url: str, limits: FetchLimits) -> bytes:
                 size += len(chunk)
                 if size > limits.max_bytes:
                     raise FetchError(f"fetching {url}: more than the limit of {limits.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError(f"fetching {url}: not complete within {limits.timeout:g} s")
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.TimeoutException:

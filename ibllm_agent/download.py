@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ibllm_agent.errors import ChecksumError, DownloadError, ManualWeightMissingError
+from ibllm_agent.errors import ChecksumError, DownloadError, IbllmError, ManualWeightMissingError
 
 if TYPE_CHECKING:
     from ibllm_agent.config import Settings
@@ -41,6 +42,33 @@ DEFAULT_RETRIES = 3
 def part_path(dest: Path) -> Path:
     """Where the partial download of ``dest`` lives (``<dest>.part``)."""
     return dest.with_name(dest.name + ".part")
+
+
+def _meta_path(part: Path) -> Path:
+    """``<dest>.part.meta``: which version of the remote file the ``.part`` holds (validator, size)."""
+    return part.with_name(part.name + ".meta")
+
+
+def _read_meta(part: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(_meta_path(part).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_meta(part: Path, response: httpx.Response, total: int | None) -> None:
+    """Remember the remote version the new ``.part`` starts from, so a later resume can ask for the
+    rest of *that* version only (``If-Range``) and never splice two versions together."""
+    etag = response.headers.get("etag")
+    # If-Range needs a strong validator: a weak ETag (W/"...") cannot be used, Last-Modified can.
+    validator = etag if etag and not etag.startswith("W/") else response.headers.get("last-modified")
+    _meta_path(part).write_text(json.dumps({"validator": validator, "total": total}))
+
+
+def _drop_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _meta_path(part).unlink(missing_ok=True)
 
 
 def sha256_file(path: Path, chunk: int = CHUNK) -> str:
@@ -99,20 +127,34 @@ def _exclusive(part: Path, url: str) -> Iterator[None]:
         yield
         return
     lock_path = part.with_name(part.name + ".lock")
-    with open(lock_path, "a+b") as handle:
+    while True:
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - closed below, after the lock is released
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise DownloadError(
                 f"download of {url}: another process is already downloading to {part} "
                 f"(lock {lock_path}); wait for it to finish",
                 url=url,
             ) from None
+        # The previous holder removes the lock file when it finishes. If that happened between our
+        # open() and flock(), we hold a lock on a deleted file that a third process cannot see:
+        # open the path again until the locked file is the one at lock_path.
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            lock_path.unlink(missing_ok=True)
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        # Unlink while still holding the lock, so a waiter never locks a file that is being removed
+        # without noticing (the inode check above catches the rest).
+        lock_path.unlink(missing_ok=True)
+        handle.close()
 
 
 class _Restart(Exception):
@@ -134,8 +176,13 @@ def _transfer_once(
         return expected_size  # a previous run got every byte but stopped before verifying
     # identity encoding: byte ranges must address the file itself, not a compressed stream of it.
     headers = {"Accept-Encoding": "identity"}
+    meta = _read_meta(part) if offset else {}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if meta.get("validator"):
+            # "Only if the file is still the one the .part came from; else send it all" (RFC 9110):
+            # a file replaced upstream then restarts from byte 0 (200) instead of being spliced.
+            headers["If-Range"] = str(meta["validator"])
     with client.stream("GET", url, headers=headers) as response:
         status = response.status_code
         if status == 416 and offset:
@@ -163,6 +210,8 @@ def _transfer_once(
             start, total = _parse_content_range(response.headers.get("content-range"))
             if start != offset:
                 raise _Restart(f"server answered the range request from byte {start}, not {offset}")
+            if meta.get("total") is not None and total is not None and total != meta["total"]:
+                raise _Restart(f"the file changed on the server ({meta['total']} -> {total} bytes)")
             mode = "ab"
         else:
             # 200: the server ignored Range (or there was no partial): write from byte 0.
@@ -170,13 +219,15 @@ def _transfer_once(
             length = response.headers.get("content-length")
             total = int(length) if length and length.isdigit() else None
         if expected_size is not None and total is not None and total != expected_size:
-            part.unlink(missing_ok=True)
+            _drop_part(part)
             raise ChecksumError(
                 f"download of {url}: the server reports {total} bytes but {expected_size} are expected "
                 "(the file changed upstream or the URL is wrong)",
                 url=url,
             )
         _check_disk_space(part, url, (total or expected_size or 0) - offset)
+        if mode == "wb":
+            _write_meta(part, response, total)
         received = offset
         bar = _progress_bar(total or expected_size, offset, label, progress)
         try:
@@ -213,7 +264,9 @@ def download(
     """Download ``url`` to ``dest`` (resume, verify, atomic rename) and return ``dest``.
 
     - An existing ``<dest>.part`` is resumed with ``Range: bytes=<size>-``; a server that answers
-      200 instead of 206 is treated as "no resume" and the file restarts from byte 0.
+      200 instead of 206 is treated as "no resume" and the file restarts from byte 0. The ETag (or
+      Last-Modified) and size of the version the part started from are kept in ``<dest>.part.meta``
+      and sent as ``If-Range``, so a file replaced upstream restarts instead of being spliced.
     - Network errors, 5xx and 429 answers are retried ``retries`` times with exponential backoff
       (``backoff`` seconds, doubled each time); the partial file is kept between attempts and after
       the last one, so running the command again resumes.
@@ -224,24 +277,37 @@ def download(
       lock ``<dest>.part.lock``); a transfer that cannot fit on the disk fails before writing.
 
     ``timeout`` is the per-read/connect timeout in seconds, not a limit on the whole transfer.
+    Local file-system failures (folder not creatable, disk full, no permission) are
+    ``DownloadError`` too, naming the path.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
     label = label or dest.name
     sha256 = sha256.lower() if sha256 else None
     owns_client = client is None
-    if client is None:
-        client = httpx.Client(
-            follow_redirects=True, timeout=httpx.Timeout(timeout), headers=_headers_for(url)
-        )
     try:
+        if client is None:
+            client = httpx.Client(
+                follow_redirects=True, timeout=httpx.Timeout(timeout), headers=_headers_for(url)
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(part, url):
             _fetch_to_part(client, url, part, expected_size, progress, label, retries, backoff)
             _verify_part(part, url, sha256, expected_size)
             os.replace(part, dest)  # atomic on one filesystem: dest is absent or complete, never partial
+            _meta_path(part).unlink(missing_ok=True)
+    except OSError as exc:
+        if isinstance(exc, IbllmError):
+            raise
+        kept = str(part) if part.is_file() else None
+        raise DownloadError(
+            f"download of {url} to {dest} failed: {type(exc).__name__}: {exc}"
+            + (f"; {kept} kept — run again to resume" if kept else ""),
+            url=url,
+            partial=kept,
+        ) from None
     finally:
-        if owns_client:
+        if owns_client and client is not None:
             client.close()
     return dest
 
@@ -263,12 +329,15 @@ def _fetch_to_part(
             _transfer_once(client, url, part, expected_size, progress, label)
             return
         except _Restart as why:
-            part.unlink(missing_ok=True)
+            _drop_part(part)
             restarts += 1
             if restarts > 2:  # a server that keeps answering inconsistently: give up, do not loop
                 raise DownloadError(
                     f"download of {url}: cannot resume ({why}) even from byte 0", url=url
                 ) from None
+        except (httpx.InvalidURL, httpx.TooManyRedirects, httpx.DecodingError) as exc:
+            # Not transient: retrying would give the same answer.
+            raise DownloadError(f"download of {url} failed: {type(exc).__name__}: {exc}", url=url) from None
         except (httpx.TransportError, httpx.HTTPStatusError) as exc:
             attempt += 1
             if attempt > retries:
@@ -286,14 +355,14 @@ def _verify_part(part: Path, url: str, sha256: str | None, expected_size: int | 
     """Size and sha256 checks of the finished ``part``; a mismatch deletes it (``ChecksumError``)."""
     size = part.stat().st_size
     if expected_size is not None and size != expected_size:
-        part.unlink(missing_ok=True)
+        _drop_part(part)
         raise ChecksumError(
             f"download of {url}: got {size} bytes, expected {expected_size}; file removed", url=url
         )
     if sha256 is not None:
         actual = sha256_file(part)
         if actual != sha256:
-            part.unlink(missing_ok=True)
+            _drop_part(part)
             raise ChecksumError(
                 f"download of {url}: sha256 {actual} does not match the published {sha256}; file removed",
                 url=url,
@@ -334,7 +403,7 @@ def list_hf_repo(
     try:
         try:
             response = client.get(url)
-        except httpx.TransportError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise DownloadError(
                 f"cannot list {repo_id}@{revision} ({url}): {type(exc).__name__}: {exc}", url=url
             ) from None
@@ -352,6 +421,10 @@ def list_hf_repo(
     finally:
         if owns:
             client.close()
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DownloadError(
+            f"cannot list {repo_id}@{revision} ({url}): the answer is not a list of files", url=url
+        )
     files = []
     for entry in entries:
         if entry.get("type") != "file":

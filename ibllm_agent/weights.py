@@ -439,6 +439,11 @@ class WeightStatus:
     partial_bytes: int = 0  # bytes in unfinished ``*.part`` downloads (resumed by ``download``)
 
 
+def _is_download_state(path: Path) -> bool:
+    """Files of an unfinished download (``download.py``): the data, its version note, its lock."""
+    return path.name.endswith((".part", ".part.meta", ".part.lock"))
+
+
 def _part_size(root: Path, spec: WeightSpec) -> int:
     if spec.kind == "hf-repo":
         folder = root / spec.path
@@ -451,7 +456,7 @@ def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.endswith(".part"))
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p))
     return 0
 
 

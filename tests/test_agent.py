@@ -125,6 +125,65 @@ def test_step_limit_ends_runaway_loop(tmp_path, plugin):
 
 
 @pytest.mark.parametrize(
+    "bad_step,error",
+    [
+        ("Thought: Do I need to use a tool? Yes\nAction: Frobnicate The Image\nAction Input: x.png",
+         "unknown tool 'Frobnicate The Image'"),
+        ("Thought: Do I need to use a tool? Yes\nAction: Get Photo Description",
+         "'Action: Get Photo Description' is not followed by an 'Action Input:' line"),
+        ("Thought: Do I need to use a tool? Yes", "the model decided to use a tool but named no 'Action:'"),
+    ],
+)
+def test_invalid_step_gets_an_error_observation_and_a_retry(tmp_path, plugin, bad_step, error):
+    # create_agent alone ends a run on a message without tool_calls: an unknown tool name would end
+    # the turn with an empty answer. The agent answers it with an error observation instead.
+    gen = ScriptedGenerator([bad_step, lambda p, m, s: answer(f"Sorry: {last_observation(p)}")])
+    agent = _agent(gen, tmp_path)
+    r = agent.send("t", "describe it", [make_image(tmp_path / "p.png")])
+    assert len(gen.calls) == 2
+    retry_prompt = gen.calls[1][0]
+    assert f"{bad_step}\nObservation: Error: {error}" in retry_prompt  # the model reads its own step + error
+    assert r.answer.startswith(f"Sorry: Error: {error}")
+    assert r.stop_reason == "answer"
+    (call,) = r.tool_calls
+    assert call.status == "invalid" and call.output.startswith(f"Error: {error}")
+    assert_consistent(agent.history("t"))
+    # The next turn starts clean: earlier invalid steps are not part of its scratchpad.
+    gen.push(answer("fine"))
+    assert agent.send("t", "thanks").answer == "fine"
+    assert "Observation: Error:" not in gen.calls[2][0]
+
+
+def test_persistently_invalid_model_ends_with_an_answer_naming_the_error(tmp_path, plugin):
+    bad = "Thought: Do I need to use a tool? Yes\nAction: Frobnicate\nAction Input: x"
+    gen = ScriptedGenerator([bad], repeat_last=True)
+    agent = _agent(gen, tmp_path, invalid_retries=1)
+    r = agent.send("t", "go", [make_image(tmp_path / "p.png")])
+    assert len(gen.calls) == 2  # the first try + one retry
+    assert r.stop_reason == "invalid_output"
+    assert r.answer and "unknown tool 'Frobnicate'" in r.answer
+    assert [c.status for c in r.tool_calls] == ["invalid", "invalid"]
+    assert_consistent(agent.history("t"))
+    # Streaming (the CLI path) shows the errors and the closing answer too.
+    gen.calls.clear()
+    events = list(agent.stream_turn("t", "again"))
+    assert [e.status for e in events if e.kind == "tool_result"] == ["error", "error"]
+    assert [(e.kind, e.name, e.status) for e in events if e.kind == "tool_call"] == [
+        ("tool_call", "Frobnicate", "invalid")] * 2
+    assert "unknown tool 'Frobnicate'" in "".join(e.text for e in events if e.kind == "token")
+    kinds = [e.kind for e in events]  # the closing answer comes after the error observations
+    assert kinds.index("token") > max(i for i, k in enumerate(kinds) if k == "tool_result")
+    assert events[-1].result.stop_reason == "invalid_output"
+
+
+def test_invalid_retries_zero_still_never_answers_empty(tmp_path, plugin):
+    gen = ScriptedGenerator(["Thought: Do I need to use a tool? Yes"])
+    r = _agent(gen, tmp_path, invalid_retries=0).send("t", "go")
+    assert len(gen.calls) == 1 and r.stop_reason == "invalid_output"
+    assert "named no 'Action:'" in r.answer
+
+
+@pytest.mark.parametrize(
     "bad,expected",
     [
         ("../../outside.png", "Error: path escapes the workspace: ../../outside.png"),

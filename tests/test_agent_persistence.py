@@ -192,3 +192,25 @@ def test_repair_patches_calls_dangling_in_the_middle(tmp_path):
         assert [m.id for m in msgs][5:] == ["h2", "a2"]
         assert_consistent(msgs)
         assert agent.repair("m") == 0
+
+
+@pytest.mark.parametrize("how", ["close", "keyboard_interrupt"])
+def test_turn_stopped_while_streaming_keeps_its_answer(tmp_path, how):
+    # Ctrl-C in `chat` (or a consumer closing stream_turn) after the model step but before LangGraph
+    # checkpointed it leaves the answer as pending writes; the next turn must not discard it.
+    gen = ScriptedGenerator(["the first answer, streamed", "the second answer"], chunk_size=3)
+    with build_agent(gen, tools=[], memory=f"sqlite:///{tmp_path / 'm.sqlite'}", workspace=tmp_path / "ws") as agent:
+        it = agent.stream_turn("t", "q1")
+        for ev in it:
+            if ev.kind == "token":
+                if how == "keyboard_interrupt":
+                    with pytest.raises(KeyboardInterrupt):
+                        it.throw(KeyboardInterrupt)
+                break
+        it.close()
+        assert agent.send("t", "q2").answer == "the second answer"
+        assert [(m.type, m.content) for m in agent.history("t")] == [
+            ("human", "q1"), ("ai", "the first answer, streamed"), ("human", "q2"), ("ai", "the second answer"),
+        ]
+        # The model of turn 2 saw turn 1's exchange.
+        assert "the first answer, streamed" in gen.calls[1][0]

@@ -135,7 +135,8 @@ def assert_consistent(messages) -> None:
             assert not pending, f"tool calls {pending} unanswered before a new human message"
         elif m.type == "ai":
             assert not pending, f"tool calls {pending} unanswered before the next model step"
-            pending = {c["id"] for c in m.tool_calls}
+            # Invalid calls are answered too (with the error observation the model reads).
+            pending = {c["id"] for c in [*m.tool_calls, *m.invalid_tool_calls]}
         elif m.type == "tool":
             assert m.tool_call_id in pending, f"ToolMessage for unknown call {m.tool_call_id}"
             pending.discard(m.tool_call_id)

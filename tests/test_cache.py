@@ -361,3 +361,90 @@ def test_typed_errors(flat_cache, queries):
     with pytest.raises(CacheError, match="k must"):
         flat_cache.enhance(queries, k=0)
     assert issubclass(CacheDimensionError, IbllmError)
+
+
+def test_non_finite_or_non_numeric_input_is_a_typed_error(flat_cache, queries):
+    """NaN queries used to come back as NaN rows (faiss finds no neighbour); NaN/inf features made
+    faiss' k-means abort with a bare RuntimeError; non-numeric knobs raised bare ValueErrors."""
+    bad = queries.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(CacheError, match=r"NaN or infinite.*\[1\]"):
+        flat_cache.enhance(bad)
+    with pytest.raises(CacheError, match="NaN or infinite"):
+        flat_cache.search(np.full(32, np.inf, np.float32))
+    with pytest.raises(CacheError, match="numeric"):
+        flat_cache.enhance(np.array([["a"] * 32]))
+    with pytest.raises(CacheError, match="must be numbers"):
+        flat_cache.enhance(queries, k="ten")
+    with pytest.raises(CacheError, match="must be numbers"):
+        flat_cache.enhance(queries, alpha=None)
+    with pytest.raises(CacheError, match="must be numbers"):
+        flat_cache.search(queries, k="many")
+    with pytest.raises(CacheError, match="k must be >= 1"):
+        flat_cache.search(queries, k=0)
+    feats = clustered(200, 16)
+    feats[150, 2] = np.nan
+    with pytest.raises(CacheError, match=r"rows \[150\]"):
+        VisualCache.from_features(feats)  # flat
+    with pytest.raises(CacheError, match="NaN or infinite"):
+        VisualCache.from_features(feats, index="ivf_pq")
+    with pytest.raises(CacheError, match="numeric"):
+        VisualCache.from_features([["a", "b"], ["c", "d"]])
+    huge = clustered(200, 16) * 1e5  # beyond float16's range: inf once stored
+    with pytest.raises(CacheError, match="65504"):
+        VisualCache.from_features(huge)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        ({"count": "300"}, "'count' must be a positive integer"),
+        ({"dim": -32}, "'dim' must be a positive integer"),
+        ({"version": "1"}, "non-integer version"),
+        ({"index": []}, "'index' must describe"),
+        ({"index": {"kind": "hnsw"}}, "'index' must describe"),
+        ({"index": {"kind": "flat"}}, "bad index plan"),
+    ],
+)
+def test_damaged_meta_json_is_a_typed_error(tmp_path, edit, match):
+    """Hand-edited/damaged meta.json used to escape as bare ValueError/TypeError (int('abc'),
+    IndexPlan(**{}), np.memmap with a negative shape)."""
+    VisualCache.from_features(clustered(300, 32)).save(tmp_path / "c")
+    meta_path = tmp_path / "c" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert VisualCache.load(tmp_path / "c").plan.kind == meta["index"]["kind"] == "flat"
+    meta.update(edit)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCacheError, match=match):
+        VisualCache.load(tmp_path / "c")
+
+
+def test_searches_beyond_the_gpu_k_limit_use_the_cpu_index(monkeypatch):
+    """faiss-gpu returns at most 2048 results per query; an IVF query needs refine·k candidates
+    (32·100 = 3200 at the reference UI's largest k), which the GPU clone rejects with a bare
+    RuntimeError. Such searches now run on the CPU index."""
+    from ibllm_agent.cache import visual_cache as vc
+
+    class GpuIndexFake:  # stands in for a faiss-gpu clone: same results, enforces the GPU limit
+        def __init__(self, cpu):
+            self.cpu, self.calls = cpu, []
+
+        def search(self, q, k):
+            self.calls.append(k)
+            if k > vc.GPU_MAX_K:
+                raise RuntimeError("GPU index only supports k <= 2048")
+            return self.cpu.search(q, k)
+
+    fakes = []
+    monkeypatch.setattr(vc, "to_search_device", lambda index: fakes.append(GpuIndexFake(index)) or fakes[-1])
+    monkeypatch.setattr(vc, "set_nprobe", lambda index, nprobe: None)  # the CPU index keeps its build nprobe
+    bank = clustered(5000, 16)
+    cache = VisualCache.from_features(bank, index="ivf_pq")
+    q = bank[:2]
+    small = cache.enhance(q, k=10)
+    assert fakes and fakes[0].calls == [10 * cache.plan.refine]  # served by the "GPU"
+    big = cache.enhance(q, k=100)  # 3200 candidates: the CPU index answers
+    assert fakes[0].calls == [10 * cache.plan.refine]
+    want = reference_enhance(q, bank, 100, 20.0, 0.5)
+    np.testing.assert_allclose(big, want, atol=1e-3)
+    assert small.shape == big.shape == (2, 16)

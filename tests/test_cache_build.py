@@ -259,3 +259,19 @@ def test_default_loader_and_tiny_imagebind(tmp_path):
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert cache.meta["encoder"] == "tiny" and cache.dim == model.out_dim
     np.testing.assert_allclose(np.asarray(cache.features, np.float32), want, atol=2e-3)
+
+
+def test_single_image_sources_are_named_and_fingerprinted_by_file(tmp_path):
+    """Single image files used to be recorded (meta 'sources', resume fingerprint) as the folder
+    they sit in, so an unfinished build of a.png b.png … resumed silently for c.png d.png …,
+    skipping their first images and storing the wrong features under their ids."""
+    paths = write_images(tmp_path / "imgs", 10)
+    first, second = paths[:5], paths[5:]
+    with pytest.raises(KeyboardInterrupt):
+        build(first, tmp_path / "c", encoder=PoolEncoder(fail_after=1))  # 4 rows checkpointed
+    with pytest.raises(CacheError, match="restart"):
+        build(second, tmp_path / "c")
+    cache = build(second, tmp_path / "c", resume=False)
+    assert cache.ids == [p.name for p in second]
+    np.testing.assert_array_equal(np.asarray(cache.features), expected_features(second))
+    assert cache.meta["sources"] == [str(p) for p in second]

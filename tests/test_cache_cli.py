@@ -128,3 +128,34 @@ def test_parse_size():
     assert parse_size(None) is None
     with pytest.raises(CacheError):
         parse_size("4 parsecs")
+
+
+def test_feature_file_cache_records_no_encoder(app, images, tmp_path):
+    """A cache of precomputed features must not claim the default encoder made them, or an image
+    query would be encoded with a model unrelated to the cached features."""
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "f.npy", rng.standard_normal((12, 64)).astype(np.float32))
+    out = tmp_path / "pre"
+    res = run(app, "cache", "build", tmp_path / "f.npy", "--out", out, "--no-progress")
+    assert res.exit_code == 0, res.output
+    info = json.loads(run(app, "cache", "info", out, "--json").output)
+    assert "encoder" not in info
+    assert "encoder    -" in run(app, "cache", "info", out).output
+    res = run(app, "cache", "query", out, images / "p0.png")
+    assert res.exit_code == 2 and "records no encoder" in res.output
+    res = run(app, "cache", "query", out, images / "p0.png", "--encoder", "tiny", "--json")
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)) == 10
+
+
+def test_bad_or_unavailable_device_is_one_error_line(app, images, tmp_path):
+    """`--device foo` / `--device cuda` on a machine without a GPU used to end in a torch traceback."""
+    res = run(app, "cache", "build", images, "--out", tmp_path / "c", "--encoder", "tiny", "--device", "foo",
+              "--no-progress")
+    assert res.exit_code == 2 and "error:" in res.output and "'foo'" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        res = run(app, "cache", "build", images, "--out", tmp_path / "d", "--encoder", "tiny", "--device", "cuda",
+                  "--no-progress")
+        assert res.exit_code == 2 and "CUDA is not available" in res.output

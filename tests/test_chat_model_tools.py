@@ -123,6 +123,47 @@ def test_expert_lines_join_the_new_input():
     assert "\nNew input: what is said?\n(recognized text: hello world)\nGPT4Tools needs" in gen.calls[0][0]
 
 
+def test_experts_and_captioner_run_once_per_attachment_not_per_step(tmp_path):
+    # An agent turn calls the model once per step and each call re-reads the attachments; a speech
+    # recogniser or caption model must not run again for the same content.
+    runs = []
+
+    def transcribe(m):
+        runs.append(("asr", m.modality))
+        return "hello world"
+
+    def caption(m):
+        runs.append(("caption", m.modality))
+        return "A dog barks."
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF\x00\x00")
+    gen, chat = chat_for(
+        f"{YES}\nAction: Get Photo Description\nAction Input: x.png", f"{NO}\nAI: x", f"{NO}\nAI: y",
+        experts=[FunctionExpert("recognized text", ("audio",), transcribe)],
+        captioner=FunctionExpert("caption", ("audio",), caption),
+    )
+    human = HumanMessage(content=[{"type": "text", "text": "what is said?"},
+                                  {"type": "audio", "base64": "UklGRg==", "mime_type": "audio/wav"}])
+    bound = chat.bind_tools(TOOLS)
+    step = bound.invoke([human])
+    tool_msg = ToolMessage("a cat", tool_call_id=step.tool_calls[0]["id"])
+    bound.invoke([human, step, tool_msg])
+    assert sorted(runs) == [("asr", "audio"), ("caption", "audio")]
+    for prompt, _, _ in gen.calls:  # both steps still carry the finding and the caption
+        assert "(recognized text: hello world)" in prompt and "Description: A dog barks." in prompt
+    # A file attachment is remembered by path + size + mtime: a changed file is looked at again.
+    from ibllm_agent.types import Media
+
+    runs.clear()
+    assert chat._finding(chat.captioner, Media("audio", str(wav))) == "A dog barks."
+    assert chat._finding(chat.captioner, Media("audio", wav)) == "A dog barks."
+    assert len(runs) == 1
+    wav.write_bytes(b"RIFF\x00\x00\x00\x00")
+    chat._finding(chat.captioner, Media("audio", str(wav)))
+    assert len(runs) == 2
+
+
 # -- parsing into tool calls ---------------------------------------------------------------------------
 def test_action_becomes_a_tool_call_with_comma_semantics_and_fuzzy_name():
     _, chat = chat_for(f"{YES}\nAction: answer question about the image\nAction Input: image/a.png, what color, exactly?")
@@ -267,6 +308,17 @@ def test_tool_choice_any_prefills_and_parses_prefill_plus_continuation():
     assert msg.response_metadata["raw_text"] == f"{YES}\nAction: Get Photo Description\nAction Input: image/a.png"
 
 
+@pytest.mark.parametrize("template,marker", [("vicuna_v1_5", "step by step.\nASSISTANT: "),
+                                             ("alpaca", "### Response: ")])
+def test_prefill_follows_the_answer_marker_after_a_space(template, marker):
+    # Trained text is "ASSISTANT: Thought: …": without the space the forced tokens differ from training.
+    gen, chat = chat_for("Get Photo Description\nAction Input: image/a.png", template=template)
+    msg = chat.bind_tools(TOOLS, tool_choice="any").invoke("x")
+    assert gen.calls[0][0].endswith(f"{marker}{YES}\nAction: ")
+    assert msg.response_metadata["raw_text"].startswith(YES)  # the separator is not part of the answer
+    assert msg.tool_calls[0]["args"] == {"image_path": "image/a.png"}
+
+
 def test_tool_choice_name_and_single_tool_any_prefill_the_input_line():
     gen, chat = chat_for("image/a.png, is it red, or blue?", "image/b.png")
     msg = chat.bind_tools(TOOLS, tool_choice="Answer Question About The Image").invoke("x")
@@ -368,7 +420,12 @@ def test_stream_invalid_calls_stay_invalid(output):
     full = _aggregate(list(bound.stream("x")))
     assert full.tool_calls == []
     assert len(full.invalid_tool_calls) == 1
-    assert len(bound.invoke("x").invalid_tool_calls) == 1
+    invoked = bound.invoke("x").invalid_tool_calls
+    assert len(invoked) == 1
+    # Chunk aggregation drops ``error``; the reason survives in additional_kwargs, keyed by call id.
+    [call] = full.invalid_tool_calls
+    assert full.additional_kwargs["tool_call_errors"] == {call["id"]: invoked[0]["error"]}
+    assert invoked[0]["error"]
 
 
 def test_stream_plain_text_under_tools_and_empty_output():

@@ -112,6 +112,25 @@ def test_info_bad_setting_is_one_line_error(cli):
     assert "Traceback" not in result.output
 
 
+def test_missing_config_flag_is_one_line_error(cli, tmp_path):
+    typo = tmp_path / "confg.toml"
+    for command in ("info", "download"):
+        args = [command, "--config", str(typo)] + (["whisper_tiny"] if command == "download" else [])
+        result = _invoke(cli, *args)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == f"error: config file {typo} does not exist"
+
+
+def test_download_into_unwritable_folder_is_one_line_error(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = _invoke(cli, "download", "whisper_tiny", "--weights-dir", str(blocker / "w"), "--no-progress")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # a typed error, not an escaped OSError
+    assert f"to {blocker / 'w' / 'whisper' / 'tiny.pt'} failed" in result.output
+    assert "failed: whisper_tiny" in result.output
+
+
 @pytest.fixture
 def file_server(tmp_path):
     root = tmp_path / "srv"
@@ -255,3 +274,41 @@ def test_ci_runs_the_readme_install_and_test_commands():
     (test_cmd,) = block_after("## Test")
     ci_lines = [line.strip() for line in ci.splitlines()]
     assert test_cmd in ci_lines, f"README test command {test_cmd!r} is not what .ci/run runs"
+
+
+def test_package_and_cli_import_nothing_heavy():
+    """`import ibllm_agent` and building the whole CLI stay light; the public names resolve lazily."""
+    code = (
+        "import sys, ibllm_agent, ibllm_agent.cli as cli; cli._register_all(); "
+        "heavy = [m for m in ('torch', 'transformers', 'langchain_core', 'langgraph', 'faiss', 'av') "
+        "if m in sys.modules]; "
+        "print(heavy); print(sorted(set(ibllm_agent.__all__) - set(dir(ibllm_agent))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[]", "[]"], proc.stdout
+    import ibllm_agent
+
+    assert ibllm_agent.Settings.__name__ == "Settings"
+    assert ibllm_agent.Sampling().temperature == 0.1
+
+
+def test_readme_quickstart_python_example_runs(tmp_path):
+    """The Python example of README's quickstart runs as written (tiny random model, temp dirs)."""
+    import re
+
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("<!-- section: quickstart -->", 1)[1].split("<!-- /section: quickstart -->", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "photo.jpg")  # the example's photo.jpg
+    env = _env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The default memory is SQLite under the workspace, as the example's comment says.
+    assert (Path(env["IBLLM_WORKSPACE_DIR"]) / "memory.sqlite").is_file()
+    assert (Path(env["IBLLM_WORKSPACE_DIR"]) / "threads" / "thread-1").is_dir()

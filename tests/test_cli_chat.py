@@ -109,6 +109,24 @@ def test_run_json_one_shot(tmp_path, plugin_root):
     assert data["workspace"] == str(tmp_path / "ws" / "threads" / "r1")
 
 
+def test_run_json_unknown_tool_gets_an_error_observation_not_an_empty_answer(tmp_path, plugin_root):
+    model = _script(tmp_path, [
+        tool_step("Frobnicate The Image", "x.png"),
+        answer("That tool does not exist; I can count words."),
+    ])
+    proc = subprocess.run(
+        [sys.executable, "-m", "ibllm_agent", "run", "Frobnicate it", "--model", model, "--tool", "word_count",
+         "--memory", "memory", "--workspace", str(tmp_path / "ws"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["answer"] == "That tool does not exist; I can count words."
+    (call,) = data["tool_calls"]
+    assert call["name"] == "Frobnicate The Image" and call["status"] == "invalid"
+    assert call["output"] == "Error: unknown tool 'Frobnicate The Image'; the bound tools are ['word_count']"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

@@ -161,3 +161,50 @@ def test_resolve_dtype_auto_on_cuda(bf16, expected, monkeypatch):
     assert resolve_dtype("auto", "cuda") == expected
     assert resolve_dtype(get_settings(device="auto")) == expected
     assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_empty_env_var_counts_as_unset(config_file, monkeypatch, tmp_path):
+    # `IBLLM_WEIGHTS_DIR= cmd` must not mean Path("") == the current folder.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in ("IBLLM_WEIGHTS_DIR", "IBLLM_DEVICE", "IBLLM_CONFIG_FILE"):
+        monkeypatch.setenv(key, "")
+    s = get_settings()
+    assert s.weights_dir == tmp_path / ".cache/ibllm"
+    assert s.device == "auto"
+    assert s.config_file == tmp_path / ".config/ibllm/config.toml"
+
+
+def test_explicit_config_file_must_exist(config_file, tmp_path):
+    missing = tmp_path / "typo.toml"
+    with pytest.raises(ConfigError, match=f"config file {missing} does not exist"):
+        get_settings(config_file=missing)
+    with pytest.raises(ConfigError, match="is not a file"):
+        get_settings(config_file=tmp_path)
+
+
+def test_non_utf8_config_file_is_config_error(config_file):
+    config_file.write_bytes(b'device = "\xff"\n')
+    with pytest.raises(ConfigError, match=f"{config_file}.*not UTF-8"):
+        get_settings()
+
+
+def test_relative_dirs_in_config_file_are_relative_to_the_file(config_file, monkeypatch, tmp_path):
+    monkeypatch.delenv("IBLLM_WEIGHTS_DIR")
+    monkeypatch.delenv("IBLLM_WORKSPACE_DIR")
+    _write(config_file, weights_dir="models", workspace_dir="../ws")
+    monkeypatch.chdir(tmp_path.parent)  # somewhere else: the result must not depend on it
+    s = get_settings()
+    assert s.weights_dir == config_file.parent / "models"
+    assert s.workspace_dir == config_file.parent / "../ws"
+    monkeypatch.setenv("IBLLM_WEIGHTS_DIR", "rel")  # env values stay relative to the current folder
+    assert get_settings().weights_dir == Path("rel")
+
+
+def test_toml_reader_is_a_declared_dependency_on_python_310():
+    # config.py falls back to `tomli` before Python 3.11; requires-python allows 3.10.
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.10"
+    deps = [d.replace(" ", "") for d in project["dependencies"]]
+    assert any(d.startswith("tomli>=") and "python_version<'3.11'" in d for d in deps), deps

@@ -42,6 +42,18 @@ def server():
             if self.path == "/missing":
                 self.send_error(404)
                 return
+            if self.path == "/drip":  # 20 bytes, one every 0.1 s: each wait is short, the whole is not
+                self.send_response(200)
+                self.send_header("Content-Length", "20")
+                self.end_headers()
+                try:
+                    for _ in range(20):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return
             body = b"x" * 2048 if self.path == "/big" else PAYLOAD
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -218,6 +230,10 @@ def test_http_fetch_limits(server):
     with pytest.raises(FetchError, match="no answer within 0.3 s"):
         block_to_media({"type": "image", "url": f"{server}/slow"}, limits=FetchLimits(timeout=0.3))
     assert time.monotonic() - t0 < 1.9
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="not complete within 0.5 s"):
+        block_to_media({"type": "image", "url": f"{server}/drip"}, limits=FetchLimits(timeout=0.5))
+    assert time.monotonic() - t0 < 1.5
     assert issubclass(FetchError, ContentBlockError) and issubclass(FetchError, IbllmError)
 
 

@@ -293,9 +293,19 @@ def test_hf_base_without_adapter_initialises_pretrain_model(converted, sources, 
     assert model.num_trainable() == sum(p.numel() for n, p in model.named_parameters()
                                         if n.startswith(("bind.", "prefix_query.")) or n.endswith(".gate"))
     assert all(float(model.lm.model.layers[i].self_attn.gate.detach().abs().max()) == 0 for i in range(LAYERS))
+    # the new bind network takes the chosen encoder's embeddings (tiny_w3d: 64-d), so media work end to end
+    from safetensors.torch import save_file
+
+    from ibllm_agent.encoders import ImageBind
+    from ibllm_agent.types import Media
+
+    assert model.config.visual_dim == 64 == model.bind.proj.in_features
+    save_file(ImageBind.from_preset("tiny_w3d").state_dict(), str(out / "encoder.safetensors"))
+    model = ImageBindLLM.from_pretrained(out, device="cpu")
+    assert model.visual_tokens([Media("image", torch.zeros(3, 224, 224))]).visual.shape == (1, 1, DIM)
 
 
-def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, tmp_path):
+def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, converted, tmp_path):
     kw = {"llama_dir": sources["llama"], "encoder": "tiny_w3d", "encoder_weights": None}
     # truncated file
     data = sources["adapter"].read_bytes()
@@ -322,8 +332,20 @@ def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, tmp_path):
         convert_to_ours(tmp_path / "o4", official=tmp_path / "extra.pth", **kw)
     # a pickle that is not a plain tensor dict is refused by weights_only loading
     torch.save({"model": {"x": torch.zeros(1)}, "args": object.__new__(_Opaque)}, tmp_path / "pickle.pth")
-    with pytest.raises(CheckpointError, match="pickle.pth"):
+    with pytest.raises(CheckpointError, match="pickle.pth") as err:
         convert_to_ours(tmp_path / "o5", official=tmp_path / "pickle.pth", **kw)
+    # one line, and no advice to load with weights_only=False
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    with pytest.raises(CheckpointError, match="trunc.pth") as err:
+        read_torch(tmp_path / "trunc.pth")
+    assert "\n" not in str(err.value)
+    # our own folder passed as a HF base gets a hint instead of a config-key complaint
+    with pytest.raises(CheckpointError, match="ImageBind-LLM checkpoint .ours.*from_pretrained"):
+        convert_to_ours(tmp_path / "o6", hf_base=converted, encoder="tiny_w3d", encoder_weights=None)
+    (tmp_path / "notllama").mkdir()
+    (tmp_path / "notllama" / "config.json").write_text('{"foo": 1}')
+    with pytest.raises(CheckpointError, match="no hidden_size"):
+        convert_to_ours(tmp_path / "o7", hf_base=tmp_path / "notllama")
 
 
 class _Opaque:
@@ -493,3 +515,63 @@ def test_wrong_tokenizer_and_llama_type_hint(sources, tmp_path):
                         encoder="tiny_w3d", encoder_weights=None)
     with pytest.raises(CheckpointError, match=r"no params.json.*\['7B'\].*--llama-type"):
         convert_to_ours(tmp_path / "o", llama_dir=sources["llama"].parent, encoder="tiny_w3d", encoder_weights=None)
+
+
+def test_meta_params_round_trip_keeps_rope_settings():
+    """--to-official writes a params.json that rebuilds the same LM config, LLaMA-3.1 rope scaling included."""
+    from ibllm_agent.model.config import lm_config_from_meta_params
+    from ibllm_agent.model.convert import meta_params_from_lm
+
+    for params in (
+        {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16, "norm_eps": 1e-5,
+         "vocab_size": 512},
+        {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 16, "ffn_dim_multiplier": 1.3,
+         "norm_eps": 1e-5, "vocab_size": 512, "rope_theta": 500000.0, "use_scaled_rope": True},
+    ):
+        lm = lm_config_from_meta_params(params)
+        again = lm_config_from_meta_params(meta_params_from_lm(lm))
+        assert again == lm
+    # a transformers-4 style HF config (rope_scaling) is understood too
+    lm = lm_config_from_meta_params(params)
+    hf4 = {k: v for k, v in lm.items() if k != "rope_parameters"}
+    hf4.update(rope_theta=500000.0, rope_scaling={k: v for k, v in lm["rope_parameters"].items() if k != "rope_theta"})
+    assert meta_params_from_lm(hf4)["use_scaled_rope"] is True and meta_params_from_lm(hf4)["rope_theta"] == 500000.0
+
+
+def test_adapter_injecting_only_the_last_layers(sources, converted, tmp_path):
+    """A reference checkpoint with query_layer < n_layers has a prefix_query row per injected (last) layer but
+    gates in every layer; the unused gates are dropped and the model equals the full one with those gates at 0."""
+    off = dict(sources["official"])
+    off["prefix_query.weight"] = off["prefix_query.weight"][1:]  # query_layer = 1: only the last layer
+    torch.save({"model": off}, tmp_path / "last1.pth")
+    out = convert_to_ours(tmp_path / "last1", official=tmp_path / "last1.pth", llama_dir=sources["llama"],
+                          encoder="tiny_w3d", encoder_weights=None)
+    part = ImageBindLLM.from_pretrained(out, device="cpu", dtype=torch.float32)
+    full = ImageBindLLM.from_pretrained(converted, device="cpu", dtype=torch.float32)
+    assert part.config.injected_layers == [1] and not hasattr(part.lm.model.layers[0].self_attn, "gate")
+    tokens = torch.tensor([sources["tok"].encode("hello there, what is this?")])
+    feat = torch.randn(1, VIS, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full.lm.model.layers[0].self_attn.gate.zero_()
+        a, _ = part(tokens, visual=part.bind(feat))
+        b, _ = full(tokens, visual=full.bind(feat))
+        c, _ = part(tokens)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # fp32: x + 0·δ rounds differently from x
+    assert (a - c).abs().max() > 1e-3  # the last layer's injection is live
+
+
+def test_cli_encoder_weights_none(sources, tmp_path):
+    out = tmp_path / "ours"
+    res = _cli_in_process("--official", sources["adapter"], "--llama-dir", sources["llama"], "--out", out,
+                          "--encoder", "tiny_w3d", "--encoder-weights", "none")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["encoder"] == "tiny_w3d" and cfg["encoder_weights"] is None
+
+
+def test_cli_rejects_an_unusable_output_path(converted, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = _cli_in_process("--to-official", converted, "--out", tmp_path / "afile")
+    assert isinstance(res.exception, ConfigError) and "is a file, not a folder" in str(res.exception)
+    res = _cli_in_process("--to-official", converted, "--out", tmp_path / "afile" / "sub")
+    assert isinstance(res.exception, ConfigError) and "cannot create output folder" in str(res.exception)

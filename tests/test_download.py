@@ -37,6 +37,7 @@ class Logged:
     status: int
     body_bytes: int
     auth: str | None = None
+    if_range: str | None = None
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ServerState:
     mid_body: Callable[[], None] | None = None  # called halfway through each body
     log: list[Logged] = field(default_factory=list)
     hf_tree: dict[str, list[dict]] = field(default_factory=dict)  # "repo@rev" -> tree API answer
+    etags: dict[str, str] = field(default_factory=dict)  # path -> ETag (honours If-Range)
 
 
 def _make_handler(state: ServerState):
@@ -70,6 +72,7 @@ def _make_handler(state: ServerState):
                     status,
                     len(body if cut is None else body[:cut]),
                     self.headers.get("Authorization"),
+                    self.headers.get("If-Range"),
                 )
             )
             self.send_response(status)
@@ -94,6 +97,8 @@ def _make_handler(state: ServerState):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self):
+            if self.path.startswith("/loop"):  # a redirect loop
+                return self._send(302, b"", {"Location": "/loop"})
             match = re.fullmatch(r"/api/models/(.+)/tree/([^/?]+)\?recursive=true", self.path)
             if match:
                 key = f"{match.group(1)}@{match.group(2)}"
@@ -113,14 +118,22 @@ def _make_handler(state: ServerState):
                 state.cut_times -= 1
                 cut = state.cut_after
             rng = self.headers.get("Range")
+            etag = state.etags.get(self.path)
+            if rng and self.headers.get("If-Range") not in (None, etag):
+                rng = None  # RFC 9110: the file changed since the client's copy, send all of it
             if rng and not state.ignore_range:
                 start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
                 if start >= len(body):
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
                 part = body[start:]
                 headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+                if etag:
+                    headers["ETag"] = etag
                 return self._send(206, part, headers, None if cut is None else max(0, cut - start))
-            return self._send(200, body, {"Accept-Ranges": "none" if state.ignore_range else "bytes"}, cut)
+            headers = {"Accept-Ranges": "none" if state.ignore_range else "bytes"}
+            if etag:
+                headers["ETag"] = etag
+            return self._send(200, body, headers, cut)
 
     return Handler
 
@@ -129,6 +142,7 @@ def _make_handler(state: ServerState):
 def server():
     state = ServerState(files={"/payload.bin": PAYLOAD})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    httpd.handle_error = lambda request, client_address: None  # clients hanging up are expected here
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -462,3 +476,109 @@ def test_not_enough_disk_space_fails_before_writing(server, tmp_path, monkeypatc
     ):
         download(f"{server.base}/payload.bin", dest, **FAST)
     assert not dest.exists() and not part_path(dest).exists()
+
+
+def test_unwritable_destination_is_download_error(server, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the weights folder should be")
+    dest = blocker / "sub" / "payload.bin"
+    with pytest.raises(DownloadError, match=f"to {dest} failed: .*Error") as info:
+        download(f"{server.base}/payload.bin", dest, **FAST)
+    assert info.value.partial is None
+    assert server.log == []  # nothing requested when the file cannot be written
+
+
+def test_redirect_loop_is_typed_and_not_retried(server, tmp_path):
+    with pytest.raises(DownloadError, match="TooManyRedirects"):
+        download(f"{server.base}/loop", tmp_path / "x.bin", retries=3, **FAST)
+    assert len(server.log) == 21  # one request plus httpx's 20 redirects: no retries on top
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_hf_listing_that_is_not_a_file_list_is_typed(server, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    server.hf_tree["org/odd@main"] = {"error": "Repository not found"}
+    with pytest.raises(DownloadError, match="cannot list org/odd@main.*not a list of files"):
+        list_hf_repo("org/odd", "main")
+
+
+def test_lock_removed_by_previous_holder_is_taken_on_the_live_file(server, tmp_path, monkeypatch):
+    """The previous downloader deletes the lock file between our open() and flock(): we must end up
+    holding the lock on the file at the lock path, so that a third process is refused."""
+    fcntl = pytest.importorskip("fcntl")
+    real_flock = fcntl.flock
+    dest = tmp_path / "payload.bin"
+    lock = tmp_path / "payload.bin.part.lock"
+    lock.write_bytes(b"")  # left by the previous holder, which is just finishing
+    removed = []
+
+    def flock(fd, op):
+        if op & fcntl.LOCK_EX and not removed:
+            removed.append(True)
+            lock.unlink()  # the previous holder's cleanup, right before our flock
+        return real_flock(fd, op)
+
+    third_refused = []
+
+    def third_process_tries():
+        with open(lock, "a+b") as handle:
+            try:
+                real_flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                third_refused.append(True)
+            else:
+                third_refused.append(False)
+                real_flock(handle, fcntl.LOCK_UN)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    server.mid_body = third_process_tries
+    download(f"{server.base}/payload.bin", dest, sha256=SHA, **FAST)
+    assert removed and third_refused == [True]
+    assert dest.read_bytes() == PAYLOAD and not lock.exists()
+
+
+def _meta(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part.meta")
+
+
+def test_resume_asks_for_the_same_version_with_if_range(server, tmp_path):
+    server.etags["/payload.bin"] = '"v1"'
+    server.cut_after, server.cut_times = 100_000, 1
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    assert _meta(dest).is_file()
+    download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert (server.log[-1].range, server.log[-1].if_range, server.log[-1].status) == (
+        "bytes=100000-",
+        '"v1"',
+        206,
+    )
+    assert not _meta(dest).exists() and not part_path(dest).exists()
+
+
+def test_file_replaced_upstream_restarts_instead_of_splicing(server, tmp_path):
+    # Most official checkpoints publish no sha256: nothing would catch a file made of two versions.
+    server.etags["/payload.bin"] = '"v1"'
+    server.cut_after, server.cut_times = 100_000, 1
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(DownloadError):
+        download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    new = os.urandom(len(PAYLOAD))  # same size, new content
+    server.files["/payload.bin"], server.etags["/payload.bin"] = new, '"v2"'
+    download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    assert dest.read_bytes() == new
+    assert (server.log[-1].if_range, server.log[-1].status) == ('"v1"', 200)
+
+
+def test_size_change_upstream_without_validator_restarts(server, tmp_path):
+    server.cut_after, server.cut_times = 100_000, 1  # no ETag: only the size tells versions apart
+    dest = tmp_path / "payload.bin"
+    with pytest.raises(DownloadError):
+        download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    bigger = os.urandom(len(PAYLOAD) + 5_000)
+    server.files["/payload.bin"] = bigger
+    download(f"{server.base}/payload.bin", dest, retries=0, **FAST)
+    assert dest.read_bytes() == bigger
+    assert [(r.range, r.status) for r in server.log[-2:]] == [("bytes=100000-", 206), (None, 200)]

@@ -145,8 +145,10 @@ def test_six_modality_file_does_not_fit_a_w3d_model(tmp_path):
 
 
 def test_missing_file_and_registry(tmp_path):
-    with pytest.raises(MissingWeightError, match="nope.pth"):
+    with pytest.raises(MissingWeightError, match="nope.pth") as err:
         ImageBind.from_official(tmp_path / "nope.pth")
+    # the suggested command names a registry entry that exists (it used to say `download imagebind`)
+    assert "`ibllm-agent download imagebind_w3d`" in str(err.value)
     # no path: the registry file in the (empty, per-test) weights dir
     with pytest.raises(MissingWeightError, match="imagebind_w3D.pth") as err:
         ImageBind.from_official()

@@ -196,3 +196,22 @@ def test_decode_benchmark_figures(capsys):
     if "overhead_median" in figures:  # ImageBindLLM importable: same weights, injection visible
         assert "injection overhead" in out
         assert figures["no_visual_max_diff"] == 0.0 and figures["injection_max_diff"] > 1e-3
+
+
+def test_an_entry_taken_by_another_thread_is_not_an_error(model, tok):
+    """Two callers sharing one engine (a model behind a server): if another thread takes the cached entry
+    between this call's look-up and its removal, the call simply prefills everything."""
+    import copy
+    from collections import OrderedDict
+
+    class Racy(OrderedDict):
+        def __contains__(self, key):  # the look-up still sees the key another thread just popped
+            return True
+
+    eng = Generator(hf_step(model), tok, context_length=256)
+    eng._cache = Racy()
+    ids = tok.encode("Describe the image in detail.")
+    [res] = eng.generate([ids], GREEDY, context_key="k")
+    assert res.reused_tokens == 0 and res.completion_tokens > 0
+    twin = copy.deepcopy(eng)  # the engine (with its lock) can be copied along with a model
+    assert twin._lock is not eng._lock and twin.generate([ids], GREEDY, context_key="k")[0].reused_tokens > 0

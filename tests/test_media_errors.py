@@ -154,6 +154,19 @@ def test_limits_bytes_pixels_duration_points(tmp_path):
         load(io.BytesIO(b"\xff" * 1000), "image", limits=MediaLimits(max_bytes=10))
 
 
+def test_point_array_element_limit_is_checked_before_copying(monkeypatch):
+    """max_elements must stop a huge point array before ``numeric_tensor`` copies it (it used to be
+    checked on the copy)."""
+    import ibllm_agent.media.point as point_mod
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the array was copied before the limit check")
+
+    monkeypatch.setattr(point_mod, "numeric_tensor", no_copy)
+    with pytest.raises(MediaTooLargeError, match="3000 elements, above max_elements=100"):
+        load(np.zeros((1000, 3), np.float32), "point", limits=MediaLimits(max_elements=100))
+
+
 def test_video_limits(tmp_path):
     from test_media_video import write_video
 

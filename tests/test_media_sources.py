@@ -118,6 +118,8 @@ def test_short_audio_pads(tmp_path):
         (torch.zeros(6, 2000), "imu"),
         (np.zeros((1000, 3)), "point"),
         (np.zeros((10, 10, 3), np.uint8), "image"),
+        ((np.zeros(16000, np.float32), 16000), "audio"),
+        ((np.zeros(16000, np.float32), np.int64(16000)), "audio"),  # soundfile-style numpy rate
     ],
 )
 def test_infer_modality(source, expected):
@@ -135,6 +137,16 @@ def test_infer_ambiguous_raises():
 def test_prepared_tensors_pass_through(modality):
     x = torch.randn(media.PREPARED_SHAPES[modality])
     assert media.load(x, modality) is x
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_prepared_arrays_of_other_float_dtypes_come_back_float32(dtype):
+    """A prepared float64 array used to pass through as float64 (the contract is float32)."""
+    x = np.random.default_rng(0).standard_normal(media.PREPARED_SHAPES["image"]).astype(dtype)
+    out = media.load(x, "image")
+    assert out.dtype == torch.float32 and torch.equal(out, torch.from_numpy(x).float())
+    t = torch.from_numpy(x).to(torch.bfloat16)
+    assert media.load(t, "image").dtype == torch.float32
 
 
 def test_integer_arrays_of_item_shape_are_raw_data():

@@ -12,7 +12,7 @@ from ibllm_agent import media
 from ibllm_agent.media.video import decode_video_clips, short_side_scale, spatial_crops
 
 
-def write_video(path, frames: int, fps: int = 10, size=(64, 48), gop: int = 10):
+def write_video(path, frames: int, fps: int = 10, size=(64, 48), gop: int = 10, bframes: int = 0, crf: int = 0):
     """H.264 mp4 whose frame k carries k in binary: 16 black/white 4×4 blocks in rows 0..7
     (8 blocks per row, so width ≥ 32)."""
     import av
@@ -21,7 +21,7 @@ def write_video(path, frames: int, fps: int = 10, size=(64, 48), gop: int = 10):
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "0", "g": str(gop), "bf": "0"}
+        stream.options = {"crf": str(crf), "g": str(gop), "bf": str(bframes)}
         for k in range(frames):
             img = np.zeros((h, w, 3), np.uint8)
             for bit in range(16):
@@ -100,3 +100,22 @@ def test_output_shape_any_aspect(tmp_path, size):
     path = write_video(tmp_path / "v.mp4", frames=22, fps=10, size=size)
     out = media.load(path, "video")
     assert out.shape == (15, 3, 2, 224, 224) and out.dtype == torch.float32
+
+
+def test_mpeg_ts_with_nonzero_start_time(tmp_path):
+    """MPEG-TS (here: non-zero start pts, one key frame) — FFmpeg's seek can land at the end of the
+    stream instead of the key frame before the target, so clips came back empty (EmptyMediaError:
+    "no decodable frames between 0.450 s and 2.450 s"). A seek that lands past the clip start now
+    re-decodes from the stream start."""
+    import av
+
+    # lossy + B-frames: pts start > 0; gop 250: the only key frame is frame 0
+    path = write_video(tmp_path / "v.ts", frames=40, fps=10, bframes=3, crf=18, gop=250)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].start_time > 0  # the case under test
+    out = decode_video_clips(path, media.MediaLimits())
+    assert out.frames_per_clip == [20] * 5
+    picked = [[_frame_index(out.frames[c, :, t]) for t in range(2)] for c in range(5)]
+    assert picked[0] == [0, 19]
+    assert all(b - a == 19 for a, b in picked) and picked == sorted(picked)
+    assert media.load(path, "video").shape == (15, 3, 2, 224, 224)

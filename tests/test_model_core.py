@@ -291,6 +291,16 @@ def test_bad_media_weights_and_shapes_are_typed_errors():
         model.encode_media([["not media"]])
     with pytest.raises(ConfigError, match="hidden size"):
         model.injection(torch.zeros(1, 1, 7))
+    ids = torch.ones(3, 4, dtype=torch.long)
+    with pytest.raises(ConfigError, match="batch size 2 but input_ids has 3"):
+        model(ids, visual=torch.zeros(2, 1, model.config.hidden_size))
+    logits, _ = model(ids, visual=torch.zeros(1, 1, model.config.hidden_size))  # one visual token for all rows
+    assert logits.shape[:2] == (3, 4)
+    # an adapter whose bind network does not take the encoder's width fails with a clear message
+    odd = ImageBindLLM.from_preset("tiny", seed=0, visual_dim=24)
+    assert odd.bind.proj.in_features == 24
+    with pytest.raises(ConfigError, match="64-d embeddings but the bind network takes visual_dim=24"):
+        odd.encode_media([Media("image", img)])
 
 
 def test_mixed_batch_with_text_only_off_injects_only_rows_with_media():

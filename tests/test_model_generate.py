@@ -86,3 +86,64 @@ def test_text_only_prompts_reuse_the_prefix_too():
     m.generate(base, sampling=s)
     again = m.generate(base + "Observation: done", sampling=s)
     assert again.extras["reused_tokens"] > 10
+
+
+def test_a_stop_string_argument_is_one_stop_string(model):
+    """stop="ab" must stop on "ab", not on every "a" or "b" (a str is not a list of stop strings)."""
+    s = dict(temperature=0, max_new_tokens=16)
+    full = model.generate("Describe the picture.", **s)
+    assert len(full.text) > 3 and full.finish_reason == "length"
+    never = full.text[2] + "\u2603\u2603"  # starts with a character of the answer, never occurs whole
+    out = model.generate("Describe the picture.", stop=never, **s)
+    assert out.text == full.text and out.finish_reason == "length"
+    cut = full.text[2:4]
+    out = model.generate("Describe the picture.", stop=cut, **s)
+    assert out.finish_reason == "stop" and out.text == full.text[: full.text.find(cut)]
+    with pytest.raises(ConfigError, match="stop"):
+        model.generate("hi", stop=5)
+
+
+def test_engine_follows_config_and_device_changes():
+    m = ImageBindLLM.from_preset("tiny", seed=3, text_only="off")
+    m.generate("hello there friend", temperature=0, max_new_tokens=2)
+    assert m.engine.stats.calls == 1
+    m.config.context_length = 6  # edited after the engine was created
+    with pytest.raises(ContextLengthError, match="context length 6"):
+        m.generate("hello there friend, how are you", temperature=0, max_new_tokens=2)
+    m.config.context_overflow = "truncate"
+    out = m.generate("hello there friend, how are you", temperature=0, max_new_tokens=2)
+    assert out.extras["truncated_tokens"] > 0
+    assert len(m.engine._cache) == 1
+    m.to("meta")  # any move: the engine builds its inputs on the new device and drops stale KV caches
+    assert m.engine.device == torch.device("meta") and len(m.engine._cache) == 0
+
+
+def test_bad_prompt_and_preset_overrides_are_typed():
+    m = ImageBindLLM.from_preset("tiny", seed=3, text_only="off")
+    with pytest.raises(ConfigError, match="prompt"):
+        m.generate(None)
+    with pytest.raises(ConfigError, match="bogus"):
+        ImageBindLLM.from_preset("tiny", bogus=1)
+    with pytest.raises(ConfigError, match="fixes the LM architecture"):
+        ImageBindLLM.from_preset("tiny", lm={"hidden_size": 8})
+    with pytest.raises(ConfigError, match="context_length"):
+        ImageBindLLM.from_preset("tiny", context_length="long")
+
+
+def test_prefix_cache_is_not_reused_after_the_weights_change():
+    m = ImageBindLLM.from_preset("tiny", seed=11)
+    s = Sampling(temperature=0, max_new_tokens=6)
+    prompt = "Below is an instruction. ### Instruction: describe the picture in detail please. "
+    img = [Media("image", IMG_B)]
+    m.generate(prompt, img, sampling=s)
+    assert m.generate(prompt, img, sampling=s).extras["reused_tokens"] > 10  # unchanged weights: reused
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # e.g. a training step between two generations
+        for i in m.config.layers:
+            m.lm.model.layers[i].self_attn.gate.copy_(torch.randn(1, m.config.num_heads, 1, 1, generator=g) * 3)
+        m.lm.lm_head.weight.mul_(20)
+    after = m.generate(prompt, img, sampling=s)
+    assert after.extras["reused_tokens"] == 0
+    fresh = ImageBindLLM.from_preset("tiny", seed=11)
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.generate(prompt, img, sampling=s).extras["token_ids"] == after.extras["token_ids"]

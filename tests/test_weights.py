@@ -158,6 +158,10 @@ def test_status_on_empty_and_partly_filled_dir(settings):
     by_name = {r.name: r for r in status(settings)}
     assert by_name["knn_index_cc3m"].partial_bytes == 3 and by_name["knn_index_cc3m"].size_on_disk == 0
     assert by_name["instruct_pix2pix"].partial_bytes == 4 and by_name["instruct_pix2pix"].size_on_disk == 0
+    # The download's version note and lock beside a part are bookkeeping, not model files.
+    _touch(settings.weights_dir / "diffusers/instruct-pix2pix/unet/x.safetensors.part.meta", b'{"total": 9}')
+    _touch(settings.weights_dir / "diffusers/instruct-pix2pix/unet/x.safetensors.part.lock", b"")
+    assert {r.name: r for r in status(settings)}["instruct_pix2pix"].size_on_disk == 0
 
 
 def test_readme_weights_table_matches_registry():

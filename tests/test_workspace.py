@@ -141,6 +141,34 @@ def test_resolve_rejects_escapes_and_unknown_names(ws, tmp_path):
     assert isinstance(info.value, IbllmError)
 
 
+def test_attachment_the_model_cannot_load_is_refused_at_attach_time(ws, tmp_path):
+    # An 8-bit PNG stores fine as "depth" but the depth loader needs metric values; accepting it would
+    # break every later turn of the thread (the model re-reads the latest attachments).
+    rgb = _png(tmp_path / "photo.png")
+    with pytest.raises(WorkspaceError, match="cannot use depth attachment .*photo.png.*no metric depth"):
+        ws.save(rgb, "depth")
+    assert ws.files() == []
+    depth16 = tmp_path / "d.png"
+    Image.fromarray(np.full((32, 32), 1500, dtype=np.uint16)).save(depth16)
+    assert ws.save(depth16, "depth").name.startswith("depth/")
+
+
+def test_attaching_a_folder_says_so(ws, tmp_path):
+    with pytest.raises(WorkspaceError, match="it is a folder, not a file"):
+        ws.save(tmp_path)
+    assert ws.files() == []
+
+
+def test_resolve_refuses_internal_hidden_files(ws, tmp_path):
+    ws.save(_png(tmp_path / "x.png"))
+    assert (ws.root / ".thread_id").is_file()  # the listing marker exists, but is no tool input
+    _png(ws.root / "image" / ".hidden.png")
+    for name in (".thread_id", "./.thread_id", "image/.hidden.png"):
+        with pytest.raises(WorkspaceFileNotFoundError, match="file not found"):
+            ws.resolve(name)
+    assert not any("/." in f or f.startswith(".") for f in ws.files())  # listing and gate agree
+
+
 def test_resolve_tolerates_model_spellings(ws, tmp_path):
     stored = ws.save(_png(tmp_path / "x.png"))
     base = stored.name.split("/")[1]

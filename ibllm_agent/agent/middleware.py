@@ -7,6 +7,11 @@
   workspace paths in tool output back to workspace names.
 - ``StepLimitMiddleware``: ends a turn whose model keeps calling tools after ``max_steps`` steps,
   with a final answer that says so.
+- ``InvalidStepMiddleware``: a model step that is neither an answer nor a valid tool call (unknown
+  tool, ``Action:`` without ``Action Input:``, arguments that do not fit) gets an error observation
+  the model reads on its next step; after ``max_retries`` such steps in a turn the turn ends with an
+  answer that says why — never silently with an empty answer (``create_agent`` alone ends a run on
+  any message without ``tool_calls``).
 - ``RepairMiddleware``: at the start of each turn, answers tool calls a crashed process never
   answered with an "interrupted" observation, so the history the model sees is always valid
   (every ``AIMessage`` tool call followed by its ``ToolMessage``).
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERRUPTED_OBSERVATION",
+    "InvalidStepMiddleware",
     "RepairMiddleware",
     "StepLimitMiddleware",
     "ToolGuardMiddleware",
@@ -160,6 +166,62 @@ class StepLimitMiddleware(AgentMiddleware):
             response_metadata={"ibllm_stop_reason": "step_limit"},
         )
         return {"messages": [answer], "jump_to": "end"}
+
+
+def invalid_output_message(error: str) -> str:
+    return (
+        "I could not complete the request: my last step was not a valid answer or tool call "
+        f"({error}). Please rephrase the request."
+    )
+
+
+class InvalidStepMiddleware(AgentMiddleware):
+    """Feed invalid model steps back as error observations; end the turn after ``max_retries``.
+
+    An invalid step is an ``AIMessage`` with ``invalid_tool_calls`` and no ``tool_calls`` (what
+    ``ChatImageBindLLM`` returns for an unknown tool name or a malformed ``Action``). Each of its
+    calls is answered with ``ToolMessage("Error: …", status="error")`` — rendered to a GPT4Tools model
+    as ``Observation: Error: …`` after its own step text — and the model runs again. The
+    ``max_retries + 1``-th invalid step of a turn ends it with an answer naming the error
+    (``response_metadata["ibllm_stop_reason"] = "invalid_output"``).
+    """
+
+    def __init__(self, max_retries: int):
+        super().__init__()
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.max_retries = max_retries
+
+    @hook_config(can_jump_to=["model", "end"])
+    def after_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
+        messages = state["messages"]
+        last = messages[-1] if messages else None
+        if not isinstance(last, AIMessage) or last.tool_calls or not last.invalid_tool_calls:
+            return None
+        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+        # A streamed message lost ``error`` in chunk aggregation; ChatImageBindLLM keeps it here.
+        streamed_errors = (last.additional_kwargs or {}).get("tool_call_errors") or {}
+        errors = [
+            c.get("error") or streamed_errors.get(c.get("id")) or "the step could not be parsed"
+            for c in last.invalid_tool_calls
+        ]
+        observations: list[AnyMessage] = [
+            ToolMessage(content=f"Error: {err}", tool_call_id=c["id"], name=c.get("name") or "invalid step",
+                        status="error")
+            for c, err in zip(last.invalid_tool_calls, errors, strict=True)
+            if c.get("id") and c["id"] not in answered
+        ]
+        invalid_steps = sum(
+            1 for m in _current_turn(messages)
+            if isinstance(m, AIMessage) and not m.tool_calls and m.invalid_tool_calls
+        )
+        if invalid_steps <= self.max_retries:
+            return {"messages": observations, "jump_to": "model"}
+        final = AIMessage(
+            content=invalid_output_message(errors[0]),
+            response_metadata={"ibllm_stop_reason": "invalid_output"},
+        )
+        return {"messages": [*observations, final], "jump_to": "end"}
 
 
 def dangling_tool_calls(messages: Sequence[AnyMessage]) -> list[tuple[int, dict]]:

@@ -37,16 +37,27 @@ from ibllm_agent.types import Media
 __all__ = ["Agent", "ToolCallRecord", "TurnEvent", "TurnResult", "build_agent", "load_chat_model"]
 
 DEFAULT_MAX_STEPS = 8
+# Invalid model steps (unknown tool, malformed Action) per turn that are answered with an error
+# observation and retried before the turn ends with an answer naming the error. Two retries let a
+# model fix a misspelt tool name or a missing Action Input line without letting a model that cannot
+# follow the protocol loop for the whole step budget.
+DEFAULT_INVALID_RETRIES = 2
 
 
 @dataclass
 class ToolCallRecord:
-    """One tool call of a turn and its observation."""
+    """One tool call of a turn and its observation.
+
+    ``status``: ``"success"``, ``"error"`` (the tool failed or the path was refused), ``"missing"``
+    (no observation) or ``"invalid"`` (the model's step was not a valid call: unknown tool, malformed
+    ``Action``; ``args`` is ``{"raw": <the Action Input or step text>}``, ``output`` the error
+    observation the model was given).
+    """
 
     name: str
     args: dict[str, Any]
     output: str
-    status: str  # "success" | "error"
+    status: str
     id: str | None = None
 
 
@@ -56,8 +67,8 @@ class TurnResult:
 
     ``answer``: the final answer text. ``tool_calls``: every call and its observation, in order.
     ``files``: workspace names of files the tools created this turn. ``attachments``: workspace names
-    of the files attached to this turn. ``stop_reason``: ``"answer"``, ``"step_limit"`` or
-    ``"interrupted"``.
+    of the files attached to this turn. ``stop_reason``: ``"answer"``, ``"step_limit"``,
+    ``"invalid_output"`` (the model kept producing invalid steps) or ``"interrupted"``.
     """
 
     thread_id: str
@@ -77,7 +88,8 @@ class TurnResult:
 @dataclass
 class TurnEvent:
     """A streamed event of a turn: ``kind`` is ``"token"`` (answer text), ``"tool_call"``,
-    ``"tool_result"`` or ``"done"`` (then ``result`` holds the ``TurnResult``)."""
+    ``"tool_result"`` or ``"done"`` (then ``result`` holds the ``TurnResult``). A ``tool_call`` with
+    ``status="invalid"`` is a model step that was not a valid call (``args={"raw": …}``)."""
 
     kind: str
     text: str = ""
@@ -105,7 +117,10 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     if mode == "messages":
         chunk, _meta = payload
         piece = _text_of(getattr(chunk, "content", ""))
-        if piece and getattr(chunk, "type", "") in ("AIMessageChunk", "ai") and not getattr(chunk, "tool_calls", None):
+        # Only tokens the model streams: a whole AIMessage here was written by a node (e.g. the
+        # step-limit or invalid-output answer of a middleware) and would arrive before that node's
+        # tool_result events; ``_finish`` emits such answers after them instead.
+        if piece and getattr(chunk, "type", "") == "AIMessageChunk" and not getattr(chunk, "tool_calls", None):
             streamed.append(piece)
             events.append(TurnEvent("token", text=piece))
         return events
@@ -116,6 +131,11 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
             if getattr(m, "type", "") == "ai" and getattr(m, "tool_calls", None):
                 streamed.clear()  # text streamed before a tool call was not the answer
                 events.extend(TurnEvent("tool_call", name=c["name"], args=dict(c["args"])) for c in m.tool_calls)
+            elif getattr(m, "type", "") == "ai" and getattr(m, "invalid_tool_calls", None):
+                # An invalid step (its error observation follows as a tool_result), as in TurnResult.
+                streamed.clear()
+                events.extend(TurnEvent("tool_call", name=c.get("name") or "", args={"raw": c.get("args")},
+                                        status="invalid") for c in m.invalid_tool_calls)
             elif getattr(m, "type", "") == "tool":
                 events.append(TurnEvent("tool_result", text=_text_of(m.content), name=m.name,
                                         status=getattr(m, "status", "success")))
@@ -131,6 +151,10 @@ def load_chat_model(model: Any) -> Any:
     - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
+
+    Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
+    tool, malformed ``Action``) itself with an error observation and retries them
+    (``build_agent(invalid_retries=2)``), so the attempts stay visible in the thread.
     """
     from langchain_core.language_models import BaseChatModel
 
@@ -276,6 +300,7 @@ class Agent:
         from ibllm_agent.agent.middleware import dangling_tool_calls, patch_dangling
 
         config = self.config(thread_id)
+        self._commit_pending(thread_id)
         messages = self.history(thread_id)
         dangling = dangling_tool_calls(messages)
         if not dangling:
@@ -293,6 +318,29 @@ class Agent:
             self.graph.update_state(config, {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *patched]},
                                     as_node="model")
         return len(dangling)
+
+    def _commit_pending(self, thread_id: str) -> int:
+        """Commit messages a stopped run wrote but never checkpointed; returns how many.
+
+        A turn stopped between two graph steps (Ctrl-C in ``chat``, a consumer closing
+        ``stream_turn``) leaves its last node's messages as *pending writes* of the newest checkpoint:
+        ``history`` shows them (LangGraph applies pending writes when reading state), but the next
+        run started with new input discards them — the streamed answer would silently vanish and two
+        human messages would follow each other. Writing them as a regular update keeps the thread as
+        the user saw it.
+        """
+        saver = getattr(self.graph, "checkpointer", None)
+        config = self.config(thread_id)
+        tup = saver.get_tuple(config) if saver is not None and hasattr(saver, "get_tuple") else None
+        if tup is None or not tup.pending_writes:
+            return 0
+        committed = {getattr(m, "id", None)
+                     for m in (tup.checkpoint.get("channel_values") or {}).get("messages", [])}
+        extra = [m for m in self.history(thread_id) if getattr(m, "id", None) not in committed]
+        if not extra:
+            return 0
+        self.graph.update_state(config, {"messages": extra}, as_node="model")
+        return len(extra)
 
     def resume(self, thread_id: str) -> list[Any]:
         """Open an existing thread: repair an interrupted turn, return its messages."""
@@ -441,7 +489,14 @@ class Agent:
                     output=_text_of(out.content) if out is not None else "",
                     status=getattr(out, "status", "success") if out is not None else "missing",
                 ))
-            if not m.tool_calls:
+            for c in getattr(m, "invalid_tool_calls", None) or []:
+                out = outputs.get(c.get("id"))
+                calls.append(ToolCallRecord(
+                    name=c.get("name") or "", args={"raw": c.get("args")}, id=c.get("id"),
+                    output=_text_of(out.content) if out is not None else f"Error: {c.get('error')}",
+                    status="invalid",
+                ))
+            if not m.tool_calls and not getattr(m, "invalid_tool_calls", None):
                 answer = _text_of(m.content)
                 meta = m.response_metadata or {}
                 if meta.get("ibllm_stop_reason"):
@@ -477,6 +532,7 @@ def build_agent(
     *,
     workspace: str | Path | Workspace | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
+    invalid_retries: int = DEFAULT_INVALID_RETRIES,
     pool: ModelPool | None = None,
     device: str | None = None,
     model_budget: int | str | None = None,
@@ -496,6 +552,14 @@ def build_agent(
         workspace: the root folder for thread files (default ``Settings.workspace_dir``).
         max_steps: tool-calling model steps allowed per turn before the turn ends with a message
             saying the step limit was reached.
+        invalid_retries: model steps per turn that are neither an answer nor a valid tool call
+            (unknown tool name, ``Action:`` without ``Action Input:``, arguments that do not fit)
+            which are answered with an ``Observation: Error: …`` the model reads and retried
+            (default 2). One more invalid step ends the turn with an answer naming the error
+            (``stop_reason="invalid_output"``), never with an empty answer. This works at the graph
+            level, so the steps stay in the thread; ``ChatImageBindLLM(invalid_retries=…)`` retries
+            inside one model call instead (the chat models ``load_chat_model`` builds keep its
+            default 0, so each retry is visible here).
         pool / device / model_budget: the ``ModelPool`` heavy tool models load into (or the device
             and memory budget of a new one; default device from ``Settings.device``).
         describe: the caption in attachment announcements: ``describe(stored_file) -> str | None``
@@ -505,10 +569,17 @@ def build_agent(
     """
     from langchain.agents import create_agent
 
-    from ibllm_agent.agent.middleware import RepairMiddleware, StepLimitMiddleware, ToolGuardMiddleware
+    from ibllm_agent.agent.middleware import (
+        InvalidStepMiddleware,
+        RepairMiddleware,
+        StepLimitMiddleware,
+        ToolGuardMiddleware,
+    )
 
     if max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+    if invalid_retries < 0:
+        raise ConfigError(f"invalid_retries must be >= 0, got {invalid_retries}")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if pool is None:
         if device is None:
@@ -525,8 +596,8 @@ def build_agent(
             chat,
             tool_list,
             system_prompt=system_prompt,
-            middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), ToolGuardMiddleware(ws, pool),
-                        *middleware],
+            middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), InvalidStepMiddleware(invalid_retries),
+                        ToolGuardMiddleware(ws, pool), *middleware],
             checkpointer=mem.saver,
         )
     except BaseException:

@@ -173,7 +173,7 @@ class ThreadWorkspace:
         names = []
         for p in self.root.rglob("*"):
             rel = p.relative_to(self.root)
-            if rel.parts[0].startswith(".") or not p.is_file() or p.is_symlink():
+            if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.is_symlink():
                 continue
             names.append(rel.as_posix())
         return sorted(names)
@@ -209,6 +209,9 @@ class ThreadWorkspace:
             raise WorkspaceError(
                 f"path escapes the workspace: {text}; use a workspace file name (known files: {self._known()})"
             )
+        if any(part.startswith(".") for part in pure.parts):
+            # Internal files (``.thread_id``) are not workspace files: ``files()`` never lists them.
+            raise WorkspaceFileNotFoundError(f"file not found: {text}; known files: {self._known()}")
         base = self.root.resolve()
         candidate = self.root / pure
         if candidate.is_symlink() or any(p.is_symlink() for p in candidate.parents if _inside(p, self.root)):
@@ -275,6 +278,8 @@ class ThreadWorkspace:
         """
         if isinstance(source, (str, os.PathLike)) and modality != "text":
             p = Path(source).expanduser()
+            if p.is_dir():
+                raise WorkspaceError(f"cannot attach {source}: it is a folder, not a file")
             if not p.is_file():
                 raise WorkspaceError(f"attachment not found: {source} (no such file)")
             source = p
@@ -294,6 +299,7 @@ class ThreadWorkspace:
             raise WorkspaceError(
                 f"cannot store {modality} attachment {_describe(source)}: {type(exc).__name__}: {exc}"
             ) from exc
+        _check_loadable(path, modality, source)
         return StoredFile(name=name, path=path.resolve(), modality=modality)
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -317,6 +323,28 @@ class ThreadWorkspace:
 
     def __repr__(self) -> str:
         return f"ThreadWorkspace({self.thread_id!r}, {str(self.root)!r})"
+
+
+def _check_loadable(path: Path, modality: str, source: Any) -> None:
+    """Reject (and remove) a stored file the model's loader cannot read.
+
+    The model re-reads a thread's latest attachments on every later turn that brings none, so a file
+    that stores fine but does not load (an 8-bit "depth" PNG, an undecodable video stream) would make
+    every later turn of the thread fail. Images and text are fully decoded by their writers already.
+    """
+    if modality in ("image", "text"):
+        return
+    try:
+        from ibllm_agent import media
+    except ImportError:  # media package absent in a trimmed install: nothing to check against
+        return
+    from ibllm_agent.errors import IbllmError
+
+    try:
+        media.load(path, modality)
+    except IbllmError as exc:
+        path.unlink(missing_ok=True)
+        raise WorkspaceError(f"cannot use {modality} attachment {_describe(source)}: {exc}") from exc
 
 
 def _inside(path: Path, base: Path) -> bool:

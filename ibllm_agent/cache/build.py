@@ -70,6 +70,9 @@ def load_encoder(spec: Any, device: Any = None) -> tuple[Callable[[Any], Any], s
     - ``"tiny"``/``"tiny_w3d"``: the random-init tiny ImageBind preset, seed 0 (tests, demos).
     - another preset name (``"huge"``, ``"huge_w3d"``): official weights from the weights directory.
     - a path: an official ImageBind checkpoint file.
+
+    ``device``: a torch device or a string (``cpu``, ``cuda:0``, ``auto``), checked with
+    ``ibllm_agent.config.resolve_device``.
     """
     if callable(spec):
         return spec, getattr(spec, "__name__", type(spec).__name__)
@@ -77,6 +80,10 @@ def load_encoder(spec: Any, device: Any = None) -> tuple[Callable[[Any], Any], s
 
     from ibllm_agent.encoders import PRESETS, ImageBind
 
+    if device is not None and not isinstance(device, torch.device):
+        from ibllm_agent.config import resolve_device
+
+        device = resolve_device(str(device))  # ConfigError for "foo" or a GPU this machine lacks
     name = str(spec)
     if name.startswith("tiny") and name in PRESETS:
         model = ImageBind.from_preset(name, device=device, seed=0)
@@ -102,9 +109,15 @@ def default_loader(payload: Path | bytes) -> Any:
 
 
 # --------------------------------------------------------------------------------- state
+def _source_name(s: Source) -> str:
+    """What the user named: the folder, shard or feature file (a single image's own path, not the
+    folder it sits in, which ``Source.path`` holds so ids stay relative)."""
+    return str(s.files[0]) if s.kind == "images" and len(s.files) == 1 and s.files[0].parent == s.path else str(s.path)
+
+
 def _fingerprint(sources: list[Source], encoder: str) -> dict[str, Any]:
-    return {"sources": [str(s.path) if s.kind != "images" or s.path.is_dir() else str(s.files[0]) for s in sources]
-            + [f"{s.kind}:{s.count}" for s in sources], "encoder": encoder}
+    return {"sources": [_source_name(s) for s in sources] + [f"{s.kind}:{s.count}" for s in sources],
+            "encoder": encoder}
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -284,7 +297,7 @@ def build_cache(
     rows, dim = int(state["rows"]), state.get("dim")
     if rows == 0:
         raise EmptyCacheError(
-            f"no features from {', '.join(str(s.path) for s in srcs)}: {state['skipped_count']} of {total} "
+            f"no features from {', '.join(_source_name(s) for s in srcs)}: {state['skipped_count']} of {total} "
             f"items were unreadable (first: {state['skipped'][:3]})"
         )
     features = store.open_features(bdir / store.FEATURES, rows, int(dim))
@@ -298,12 +311,15 @@ def build_cache(
         "dim": int(dim),
         "dtype": "float16",
         "index": plan.to_dict(),
-        "encoder": str(enc_name),
-        "sources": [str(s.path) for s in srcs],
+        "sources": [_source_name(s) for s in srcs],
         "items": total,
         "skipped": {"count": int(state["skipped_count"]), "items": state["skipped"]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if any(s.kind in ("images", "tar") for s in srcs):
+        # Only when images were encoded: precomputed feature files say nothing about the encoder,
+        # and `cache query DIR image.jpg` must not silently encode with one that did not make them.
+        meta["encoder"] = str(enc_name)
     del features
     store.save_cache_dir(out, meta=meta, index=faiss_index, features_file=bdir / store.FEATURES,
                          ids_file=bdir / store.IDS)

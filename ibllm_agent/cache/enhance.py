@@ -60,7 +60,11 @@ def check_settings(k: int, t: float, alpha: float) -> None:
     """Reject knobs the math cannot use (typed error naming the knob)."""
     from ibllm_agent.errors import CacheError
 
-    if int(k) < 1:
+    try:
+        k, t, alpha = int(k), float(t), float(alpha)
+    except (TypeError, ValueError):
+        raise CacheError(f"cache settings must be numbers, got k={k!r}, t={t!r}, alpha={alpha!r}") from None
+    if k < 1:
         raise CacheError(f"cache k must be >= 1, got {k!r}")
     if not np.isfinite(t):
         raise CacheError(f"cache temperature t must be finite, got {t!r}")

@@ -187,6 +187,21 @@ def train_coarse_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.
     return cents
 
 
+def _check_finite(block: np.ndarray, start: int | None) -> None:
+    """Typed error for NaN/inf rows (faiss k-means aborts on them; a flat index would rank them
+    arbitrarily). float16 storage also turns values beyond ±65504 into inf. ``start`` = row offset
+    of ``block`` (None for the training sample, whose rows are not contiguous)."""
+    ok = np.isfinite(block).all(axis=1)
+    if ok.all():
+        return
+    bad = np.nonzero(~ok)[0][:5]
+    where = f"rows {[int(start + b) for b in bad]}" if start is not None else "some rows"
+    raise CacheError(
+        f"cache features contain NaN or infinite values ({where}; float16 storage also overflows "
+        "beyond ±65504): clean or normalise them first"
+    )
+
+
 def build_index(
     plan: IndexPlan,
     features: np.ndarray,
@@ -206,6 +221,7 @@ def build_index(
         index = faiss.IndexFlatIP(d)
     else:
         sample = _sample_rows(features, plan.train_size)
+        _check_finite(sample, None)
         quantizer = faiss.IndexFlatIP(d)
         if plan.kind == "ivf_sq8":
             index = faiss.IndexIVFScalarQuantizer(
@@ -221,6 +237,7 @@ def build_index(
         del sample
     for start in range(0, n, chunk):
         block = np.ascontiguousarray(features[start : start + chunk], dtype=np.float32)
+        _check_finite(block, start)
         index.add(block)
         if progress is not None:
             progress(block.shape[0])

@@ -48,6 +48,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+INDEX_KINDS = ("flat", "ivf_sq8", "ivf_pq", "external")  # ``index.IndexKind``
 CACHE_ENTRIES = frozenset({META, FEATURES, INDEX, IDS, BUILD_DIR})
 
 
@@ -152,11 +153,25 @@ def read_meta(cache_dir: Path) -> dict[str, Any]:
         raise CorruptCacheError(f"cache metadata {meta_path} cannot be read: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CorruptCacheError(f"{meta_path} is not ibllm visual-cache metadata")
-    if int(meta.get("version", 0)) > VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CorruptCacheError(f"cache metadata {meta_path} has a non-integer version {version!r}")
+    if version > VERSION:
         raise CacheError(f"cache {cache_dir} has format version {meta['version']}; this build reads <= {VERSION}")
     for key in ("count", "dim", "index"):
         if key not in meta:
             raise CorruptCacheError(f"cache metadata {meta_path} lacks {key!r}")
+    # A hand-edited or damaged meta.json must fail here with a typed error, not as a bare
+    # ValueError/TypeError deep inside numpy or the IndexPlan constructor.
+    for key in ("count", "dim"):
+        value = meta[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CorruptCacheError(f"cache metadata {meta_path}: {key!r} must be a positive integer, got {value!r}")
+    index = meta["index"]
+    if not isinstance(index, dict) or index.get("kind") not in INDEX_KINDS:
+        raise CorruptCacheError(
+            f"cache metadata {meta_path}: 'index' must describe one of {', '.join(INDEX_KINDS)}, got {index!r}"
+        )
     return meta
 
 

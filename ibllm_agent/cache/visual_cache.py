@@ -21,6 +21,9 @@ from ibllm_agent.cache.index import (
 )
 from ibllm_agent.errors import CacheDimensionError, CacheError, EmptyCacheError
 
+# faiss-gpu's k-selection handles at most this many results per query (GPU_MAX_SELECTION_K).
+GPU_MAX_K = 2048
+
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
@@ -30,7 +33,10 @@ def _to_numpy_2d(x: Any, what: str) -> tuple[np.ndarray, bool]:
     """Any [D] / [B,D] array or tensor → float32 [B,D] (and whether it was 1-D)."""
     if _is_torch(x):
         x = x.detach().to("cpu").float().numpy()
-    arr = np.asarray(x, dtype=np.float32)
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise CacheError(f"{what} must be a numeric array or tensor, got {type(x).__name__}") from None
     if arr.ndim == 1:
         return arr[None, :], True
     if arr.ndim != 2:
@@ -85,7 +91,11 @@ class VisualCache:
         if _is_torch(features):
             features = features.detach().to("cpu").float().numpy()
         if not (isinstance(features, np.ndarray) and features.dtype == np.float16):
-            features = np.asarray(features, dtype=np.float16)
+            try:
+                with np.errstate(over="ignore"):  # overflow → inf, reported by build_index as a CacheError
+                    features = np.asarray(features, dtype=np.float16)
+            except (TypeError, ValueError):
+                raise CacheError(f"cache features must be a numeric [n, D] array, got {type(features).__name__}") from None
         if features.ndim != 2:
             raise CacheDimensionError(f"cache features must be [n, D], got shape {tuple(features.shape)}")
         n, d = features.shape
@@ -113,7 +123,10 @@ class VisualCache:
                 f"index {path / store.INDEX} holds {index.ntotal} x {index.d} vectors but "
                 f"{store.META} says {count} x {dim}"
             )
-        plan = IndexPlan.from_dict(meta["index"])
+        try:
+            plan = IndexPlan.from_dict(meta["index"])
+        except (TypeError, ValueError) as exc:
+            raise store.CorruptCacheError(f"cache metadata {path / store.META} has a bad index plan: {exc}") from None
         if plan.nprobe:
             set_nprobe(index, plan.nprobe)
         ids = store.read_ids(path / store.IDS, count) if meta.get("ids") else None
@@ -243,6 +256,10 @@ class VisualCache:
             raise CacheDimensionError(f"{what} has dimension {arr.shape[1]} but the cache holds {self.dim}-d features")
         if len(self) == 0:
             raise EmptyCacheError("the visual cache is empty")
+        if not np.isfinite(arr).all():
+            # faiss would return no neighbours (rows -1) and the mix would turn the row into NaN.
+            bad = sorted({int(b) for b in np.nonzero(~np.isfinite(arr))[0]})
+            raise CacheError(f"{what} holds NaN or infinite values (rows {bad[:5]})")
         return np.ascontiguousarray(arr), squeezed
 
     def _rows(self, idx: np.ndarray) -> np.ndarray:
@@ -261,6 +278,9 @@ class VisualCache:
         """
         k = min(int(k), len(self))
         index = self._searcher()
+        wanted = k if self.plan.kind in ("flat", "external") else min(len(self), max(k * self.plan.refine, k))
+        if wanted > GPU_MAX_K and index is not self.index:
+            index = self.index  # faiss-gpu searches return at most 2048 results; the CPU index has no limit
         if self.plan.kind in ("flat", "external"):
             scores, rows = index.search(q, k)
             valid = rows >= 0
@@ -291,8 +311,7 @@ class VisualCache:
         q is [D] or [B,D] (numpy or torch). Rows index ``features``/``ids``.
         """
         arr, _ = self._prepare(q, "query")
-        if int(k) < 1:
-            raise CacheError(f"k must be >= 1, got {k!r}")
+        check_settings(k, 0.0, 0.0)  # k: a number >= 1 (typed error otherwise)
         scores, rows, _, valid = self.neighbours(arr, k)
         return scores, np.where(valid, rows, -1)
 

@@ -127,6 +127,8 @@ class ChatSession:
                 self.out.write(event.text)
                 self.out.flush()
                 streamed = True
+            elif event.kind == "tool_call" and event.status == "invalid":
+                self.echo(f"\n  [invalid step] {event.name or '(no tool named)'}")
             elif event.kind == "tool_call":
                 self.echo(f"\n  [tool] {event.name} {event.args}")
             elif event.kind == "tool_result":

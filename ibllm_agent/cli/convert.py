@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
             "--dtype", help="Tensor dtype written: keep (as in the sources), fp32, fp16 or bf16.")] = "keep",
         encoder: Annotated[str, typer.Option(help="ImageBind preset the model uses.")] = "huge_w3d",
         encoder_weights: Annotated[str, typer.Option(
-            help="Weights name of the ImageBind file (loaded lazily from the weights dir).")] = "imagebind_w3d",
+            help="Weights name of the ImageBind file (loaded lazily from the weights dir); 'none' for a small "
+                 "preset without an official file, whose weights you place as encoder.safetensors in --out.")] = "imagebind_w3d",
         prompt_template: Annotated[str, typer.Option(help="Prompt template the weights were trained with.")] = "alpaca",
         force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")] = False,
     ) -> None:
@@ -74,19 +75,26 @@ def register(app: typer.Typer) -> None:
             out = out or Path(get_settings().weights_dir) / "demo"
         if out is None:
             raise ConfigError("--out is required (the output folder)")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder")
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"output folder {out} is not empty (use --force to write into it)")
+        if to_official is not None and (official or llama_dir or hf_base):
+            raise ConfigError("--to-official takes only our checkpoint folder; drop --official/--llama-dir/--hf-base")
+        if to_official is None and llama_dir is None and hf_base is None:
+            raise ConfigError("give the base LLaMA: --llama-dir (Meta layout) or --hf-base (HF layout)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
         if to_official is not None:
-            if official or llama_dir or hf_base:
-                raise ConfigError("--to-official takes only our checkpoint folder; drop --official/--llama-dir/--hf-base")
             result = convert_to_official(to_official, out, dtype=dtype, log=log)
         else:
-            if llama_dir is None and hf_base is None:
-                raise ConfigError("give the base LLaMA: --llama-dir (Meta layout) or --hf-base (HF layout)")
             if llama_dir is not None and llama_type:
                 llama_dir = llama_dir / llama_type
             result = convert_to_ours(
                 out, official=official, llama_dir=llama_dir, hf_base=hf_base, tokenizer=tokenizer, dtype=dtype,
-                encoder=encoder, encoder_weights=encoder_weights, prompt_template=prompt_template, log=log,
+                encoder=encoder, encoder_weights=None if encoder_weights.lower() == "none" else encoder_weights,
+                prompt_template=prompt_template, log=log,
             )
         typer.echo(str(result))

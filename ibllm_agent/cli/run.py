@@ -111,6 +111,8 @@ def register(app: typer.Typer) -> None:
                 if event.kind == "token":
                     sys.stdout.write(event.text)
                     sys.stdout.flush()
+                elif event.kind == "tool_call" and event.status == "invalid":
+                    typer.echo(f"\n[invalid step] {event.name or '(no tool named)'}", err=True)
                 elif event.kind == "tool_call":
                     typer.echo(f"\n[tool] {event.name} {event.args}", err=True)
                 elif event.kind == "tool_result":

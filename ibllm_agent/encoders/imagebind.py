@@ -491,7 +491,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     p = Path(path)
     if not p.is_file():
-        raise MissingWeightError("imagebind", str(p), "no such file")
+        # Name a real registry entry so the suggested `ibllm-agent download ...` command works.
+        raise MissingWeightError(
+            "imagebind_w3d", str(p), "no such file; `imagebind_huge` is Meta's six-modality file without Point-Bind"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, ValueError, EOFError):

@@ -75,7 +75,9 @@ def _passthrough(source: Any, modality: str):
         return None  # integer data of that shape is raw (a uint8 image, a mm depth map): load it
     if not bool(torch.isfinite(t).all()):
         raise InvalidValuesError(desc, "tensor contains NaN or inf", modality)
-    return t
+    # float32 passes through as the very same object; float64/float16/bfloat16 are cast so every
+    # loader keeps the module's float32 contract.
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
 
 
 def _load_text(source: Any, limits: MediaLimits):

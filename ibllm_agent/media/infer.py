@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any
 
@@ -109,8 +110,8 @@ def infer_modality(source: Any) -> str:
         return "image"
     if hasattr(source, "shape") and hasattr(source, "dtype"):
         return _array_modality(source, desc)
-    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], int):
-        return "audio"
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], numbers.Integral):
+        return "audio"  # (waveform, sample_rate); the rate may be a numpy integer (e.g. from soundfile)
     if isinstance(source, str) and not _looks_like_path(source):
         return "text"
     if not (is_path(source) or is_bytes(source) or is_filelike(source)):

@@ -156,11 +156,15 @@ def _parse_obj(data: bytes, desc: str):
 
 def _array_points(arr: Any, desc: str, limits: MediaLimits):
     """numpy/torch array → float64 tensor [N, 3]. Accepts [N, ≥3] and [1, N, ≥3]."""
+    import math
+
     import torch
 
+    # Checked on the shape, before numeric_tensor copies the data.
+    numel = math.prod(int(n) for n in getattr(arr, "shape", ()))
+    if limits.max_elements is not None and numel > limits.max_elements:
+        raise MediaTooLargeError(desc, f"array has {numel} elements, above max_elements={limits.max_elements}", "point")
     t = numeric_tensor(arr, desc, "point")
-    if limits.max_elements is not None and t.numel() > limits.max_elements:
-        raise MediaTooLargeError(desc, f"array has {t.numel()} elements, above max_elements={limits.max_elements}", "point")
     if t.ndim == 3 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 2 or t.shape[1] < 3:

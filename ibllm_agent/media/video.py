@@ -75,25 +75,46 @@ def _stream_duration(container, stream, desc: str) -> Fraction:
 _SEEK_MARGIN = 1024
 
 
+def _collect(container, stream, start_pts: int, end_pts: int) -> tuple[dict, int, int | None]:
+    """Decode from the current position: ({pts: frame} with start_pts ≤ pts < end_pts, frames
+    decoded, pts of the first decoded frame)."""
+    kept, decoded, first = {}, 0, None
+    for frame in container.decode(stream):
+        decoded += 1
+        pts = frame.pts
+        if pts is None:
+            continue
+        if first is None:
+            first = pts
+        if pts >= end_pts:
+            break
+        if pts >= start_pts:
+            kept[pts] = frame
+    return kept, decoded, first
+
+
 def _decode_clip(container, stream, start_pts: int, end_pts: int) -> tuple[list, int]:
     """Frames with start_pts ≤ pts < end_pts in pts order (one per pts), after seeking to the key
-    frame before ``start_pts − margin``. Returns (frames, number of frames decoded)."""
+    frame before ``start_pts − margin``. Returns (frames, number of frames decoded).
+
+    Some demuxers land *after* the target (MPEG-TS when it precedes the first key frame: the seek
+    jumps to the end of the stream). When the first decoded frame is past ``start_pts`` the clip is
+    decoded again from the stream start, which is slower but always sees every frame."""
     import av
 
     try:
         container.seek(max(start_pts - _SEEK_MARGIN, 0), backward=True, any_frame=False, stream=stream)
     except av.FFmpegError:
         container.seek(0)
-    kept, decoded = {}, 0
-    for frame in container.decode(stream):
-        decoded += 1
-        pts = frame.pts
-        if pts is None:
-            continue
-        if pts >= end_pts:
-            break
-        if pts >= start_pts:
-            kept[pts] = frame
+    kept, decoded, first = _collect(container, stream, start_pts, end_pts)
+    if first is None or first > start_pts:
+        try:
+            container.seek(0)
+        except av.FFmpegError:
+            pass  # nothing better to try: keep what the first pass found
+        else:
+            kept, again, _ = _collect(container, stream, start_pts, end_pts)
+            decoded += again
     return [kept[p] for p in sorted(kept)], decoded
 
 

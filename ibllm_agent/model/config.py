@@ -119,10 +119,10 @@ class ImageBindLLMConfig:
             raise ConfigError(f"unknown bind_variant {self.bind_variant!r}; expected one of {BIND_VARIANTS}")
         if self.context_overflow not in ("error", "truncate"):
             raise ConfigError(f"context_overflow must be 'error' or 'truncate', got {self.context_overflow!r}")
-        if self.context_length < 2:
-            raise ConfigError(f"context_length must be >= 2, got {self.context_length}")
-        if self.lora_rank < 0:
-            raise ConfigError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if not isinstance(self.context_length, int) or isinstance(self.context_length, bool) or self.context_length < 2:
+            raise ConfigError(f"context_length must be an int >= 2, got {self.context_length!r}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be an int >= 0, got {self.lora_rank!r}")
         if self.injected_layers is not None:
             bad = [i for i in self.injected_layers if not 0 <= int(i) < self.num_layers]
             if bad or len(set(self.injected_layers)) != len(self.injected_layers):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -83,8 +84,14 @@ def read_torch(path: Path) -> dict[str, torch.Tensor]:
             if "mmap" not in str(exc):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types: truncated zip, refused pickle ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    except pickle.UnpicklingError:
+        # torch's own message is a multi-line essay suggesting weights_only=False, which we never do.
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a torch.save file of tensors (the weights-only loader refused it)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types: truncated zip, bad magic ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {first}") from None
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -180,6 +187,13 @@ def read_hf_llama(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if isinstance(cfg, dict) and "lm" in cfg and "hidden_size" not in cfg:
+        raise CheckpointError(
+            f"{folder} is an ImageBind-LLM checkpoint (ours), not a HF base: load it with "
+            "ImageBindLLM.from_pretrained or convert it with --to-official"
+        )
+    if not isinstance(cfg, dict) or "hidden_size" not in cfg:
+        raise CheckpointError(f"{cfg_path} is not a transformers LLaMA config (no hidden_size)")
     mt = cfg.get("model_type", "llama")
     if mt != "llama":
         raise CheckpointError(f"{folder}: model_type {mt!r} is not a LLaMA-architecture model")
@@ -436,12 +450,26 @@ def convert_to_ours(
         log(f"reading official adapter {official}")
         adapter_raw = release_keys(read_torch(Path(official)), log)
         extra = infer_adapter_structure(adapter_raw, int(lm["num_hidden_layers"]))
+        if extra["injected_layers"] is not None:
+            # The reference gives EVERY layer a gate but uses only those of the last query_layer layers;
+            # the others never touch the output, and our model has no gate there.
+            injected = set(extra["injected_layers"])
+            unused = [k for k in adapter_raw if (g := re.fullmatch(r"llama\.layers\.(\d+)\.attention\.gate", k))
+                      and int(g[1]) not in injected]
+            for k in unused:
+                del adapter_raw[k]
+            if unused:
+                log(f"dropped {len(unused)} unused gate(s) of layers without the visual query")
         heads = int(lm["num_attention_heads"])
         n_kv = int(lm.get("num_key_value_heads") or heads)
         adapter = official_adapter_to_ours(adapter_raw, heads, n_kv)
         state.update(adapter)  # the adapter's norms replace the base's (the reference loads it second)
     else:
-        extra = {"w_bias": False, "w_lora": False, "phase": "pretrain"}
+        from ibllm_agent.encoders.config import preset as encoder_preset
+
+        # A new bind network takes the chosen encoder's embeddings (1024-d for ImageBind-huge).
+        extra = {"w_bias": False, "w_lora": False, "phase": "pretrain",
+                 "visual_dim": int(encoder_preset(encoder).out_dim)}
 
     config = ImageBindLLMConfig(lm=lm, encoder=encoder, encoder_weights=encoder_weights,
                                 prompt_template=prompt_template, **extra)
@@ -518,9 +546,14 @@ def meta_params_from_lm(lm: Mapping[str, Any]) -> dict[str, Any]:
         params["ffn_dim_multiplier"] = (inter + 0.5) / base
     params["norm_eps"] = float(lm.get("rms_norm_eps", 1e-6))
     params["vocab_size"] = int(lm["vocab_size"])
-    theta = (lm.get("rope_parameters") or {}).get("rope_theta", lm.get("rope_theta", 10000.0))
+    rope = lm.get("rope_parameters") or lm.get("rope_scaling") or {}  # transformers 5 / 4 spelling
+    theta = rope.get("rope_theta", lm.get("rope_theta", 10000.0))
     if float(theta) != 10000.0:
         params["rope_theta"] = float(theta)
+    if rope.get("rope_type", rope.get("type")) == "llama3":  # LLaMA-3.1 frequency scaling
+        params["use_scaled_rope"] = True
+        if float(rope.get("factor", 8.0)) != 8.0:
+            params["rope_scaling_factor"] = float(rope["factor"])
     return params
 
 

@@ -21,6 +21,7 @@ per step through transformers' ``DynamicCache``.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -157,7 +158,8 @@ class Generator:
     prefix_cache: keep the KV cache of the last ``max_cached_prefixes`` calls (B = 1 with a
     ``context_key``) and reuse their longest common token prefix.
 
-    One engine serves one caller at a time (the prefix cache is shared state); use one per thread.
+    Concurrent calls on one engine are safe: a call takes its cached prefix out of the shared cache
+    atomically and puts it back under a lock, so no two calls ever extend the same KV cache.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class Generator:
         self.max_cached_prefixes = max_cached_prefixes
         self.stats = GenerationStats()
         self._cache: OrderedDict[Hashable, _CachedPrefix] = OrderedDict()
+        self._lock = threading.Lock()
         vocab = int(tokenizer.vocab_size)
         # Id fed where a row has no real token (left pads, finished rows). LLaMA's pad is -1, which
         # must never index the embedding table, so fall back to EOS; the mask hides these anyway.
@@ -247,6 +250,15 @@ class Generator:
 
         return TextStream(deltas())
 
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock cannot be copied, make a new one
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def clear_cache(self) -> None:
         """Drop every cached prefix (e.g. after the model's weights changed)."""
         self._cache.clear()
@@ -303,8 +315,9 @@ class Generator:
         # --- prefix reuse (B = 1): take the cached entry out; it is put back only if consistent.
         past, reused = None, 0
         use_cache = self.prefix_cache and context_key is not None and B == 1
-        if use_cache and context_key in self._cache:
-            entry = self._cache.pop(context_key)
+        # One atomic pop: two threads sharing a model never take (and mutate) the same cached KV.
+        entry = self._cache.pop(context_key, None) if use_cache else None
+        if entry is not None:
             # Keep >= 1 prompt token to prefill: its logits pick the first new token.
             keep = min(_common_prefix(entry.tokens, prompts[0]), len(prompts[0]) - 1)
             with torch.inference_mode():
@@ -397,10 +410,11 @@ class Generator:
         return logits[:, -1, :vocab].float()
 
     def _remember(self, key: Hashable, tokens: list[int], past: Any) -> None:
-        self._cache[key] = _CachedPrefix(tokens, past)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.max_cached_prefixes:
-            self._cache.popitem(last=False)
+        with self._lock:  # concurrent callers on one engine (a shared model in a server) must not interleave
+            self._cache[key] = _CachedPrefix(tokens, past)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.max_cached_prefixes:
+                self._cache.popitem(last=False)
 
 
 @dataclass

@@ -94,6 +94,7 @@ class ImageBindLLM(nn.Module):
         self.checkpoint_dir: Path | None = None  # where encoder.safetensors lives for self-contained saves
         self._zero_image_feature: dict[tuple, torch.Tensor] = {}
         self._engine = None
+        self._engine_on: tuple | None = None  # (device, dtype) the engine's prefix cache was computed on
         self.set_phase(c.phase)
 
     # ------------------------------------------------------------------ presets / io
@@ -115,12 +116,20 @@ class ImageBindLLM(nn.Module):
         ``7b``: the released 7B layout (LLaMA-1 7B + huge ImageBind); use ``device="meta"`` to inspect
         shapes without memory. Real weights come from ``from_pretrained`` after ``ibllm-agent convert``.
         """
+        import dataclasses
+
+        unknown = sorted(set(config_overrides) - {f.name for f in dataclasses.fields(ImageBindLLMConfig)})
+        if unknown:
+            raise ConfigError(f"unknown model config override(s) {unknown} for preset {name!r}")
+        if "lm" in config_overrides:
+            raise ConfigError(f"preset {name!r} fixes the LM architecture ('lm'); build ImageBindLLM(config) instead")
         if name == "tiny":
             from ibllm_agent.encoders.config import preset as encoder_preset
             from ibllm_agent.model.tokenizer import tiny_tokenizer
 
             tokenizer = tiny_tokenizer()
-            config = config_tiny(tokenizer.vocab_size, encoder_preset("tiny_w3d").out_dim, **config_overrides)
+            visual_dim = config_overrides.pop("visual_dim", encoder_preset("tiny_w3d").out_dim)
+            config = config_tiny(tokenizer.vocab_size, visual_dim, **config_overrides)
             with torch.random.fork_rng(devices=[]):  # reproducible without disturbing the caller's RNG
                 torch.manual_seed(seed)
                 model = cls(config, tokenizer=tokenizer, device=device, dtype=dtype)
@@ -277,6 +286,11 @@ class ImageBindLLM(nn.Module):
                 active.append(self.config.text_only == "zero_image")
                 has_media.append(False)
         f = torch.stack(feats)  # [B, D] fp32
+        if f.shape[-1] != self.config.visual_dim:
+            raise ConfigError(
+                f"the encoder ({self.config.encoder!r}) gives {f.shape[-1]}-d embeddings but the bind network "
+                f"takes visual_dim={self.config.visual_dim}: the checkpoint's encoder setting does not match its adapter"
+            )
         cache = cache or CacheSettings()
         if self.visual_cache is not None and cache.enabled and any(has_media):
             rows = torch.tensor(has_media)
@@ -350,6 +364,10 @@ class ImageBindLLM(nn.Module):
         """
         if isinstance(visual, torch.Tensor):
             visual = self.injection(visual)
+        if visual is not None and visual.batch_size not in (1, input_ids.shape[0]):
+            raise ConfigError(
+                f"visual input has batch size {visual.batch_size} but input_ids has {input_ids.shape[0]} rows"
+            )
         with self._slot.use(visual):
             out = self.lm(
                 input_ids=input_ids,
@@ -374,8 +392,14 @@ class ImageBindLLM(nn.Module):
     def _sampling(self, sampling: Sampling | None, overrides: dict[str, Any]) -> Sampling:
         base = sampling or Sampling(**self.config.sampling)
         if overrides:
-            if "stop" in overrides and overrides["stop"] is not None:
-                overrides["stop"] = tuple(overrides["stop"])
+            stop = overrides.get("stop")
+            if isinstance(stop, str):  # stop="###" is one stop string, not three one-character ones
+                overrides["stop"] = (stop,)
+            elif stop is not None:
+                try:
+                    overrides["stop"] = tuple(stop)
+                except TypeError:
+                    raise ConfigError(f"stop must be a string or a list of strings, got {stop!r}") from None
             try:
                 base = replace(base, **overrides)
             except TypeError as exc:
@@ -385,15 +409,24 @@ class ImageBindLLM(nn.Module):
     @property
     def engine(self):
         """The decoding engine (``generation.Generator``), created on first use; it keeps the prefix KV
-        cache across calls (keyed by the visual input), and ``engine.stats`` counts reused tokens."""
+        cache across calls (keyed by the visual input and the weights' state), and ``engine.stats`` counts reused
+        tokens."""
+        truncate = "left" if self.config.context_overflow == "truncate" else "error"
         if self._engine is None:
             from ibllm_agent.model.generation import Generator
 
             self._engine = Generator(
                 self._step_for(None), self._tok(), context_length=self.config.context_length, device=self.device,
-                truncate="left" if self.config.context_overflow == "truncate" else "error",
+                truncate=truncate,
             )
-        return self._engine
+        engine = self._engine
+        # Follow the model after .to(...) and config edits made since the engine was created. A prefix
+        # cache computed on another device / in another dtype cannot be reused.
+        if self._engine_on != (self.device, self.dtype):
+            engine.clear_cache()
+            engine.device, self._engine_on = self.device, (self.device, self.dtype)
+        engine.context_length, engine.truncate = self.config.context_length, truncate
+        return engine
 
     def _step_for(self, injection: VisualInjection | None):
         """The engine's step with this call's visual injection bound (logits of the last position only)."""
@@ -405,6 +438,8 @@ class ImageBindLLM(nn.Module):
         return step
 
     def _prepare(self, prompt, media, cache):
+        if not isinstance(prompt, (str, list, tuple)):
+            raise ConfigError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ConfigError("prompt must be a string or a non-empty list of strings")
@@ -419,15 +454,21 @@ class ImageBindLLM(nn.Module):
             injection = self.visual_tokens(batch_media, cache, batch_size=len(prompts))
         return prompts, ids, injection
 
-    @staticmethod
-    def _context_key(injection: VisualInjection | None) -> str:
-        """Identifies the visual input a KV cache was computed with (the engine reuses a cached prompt
-        prefix only under the same key). The cache also depends on the weights: after changing them call
-        ``model.engine.clear_cache()``."""
+    def _context_key(self, injection: VisualInjection | None) -> tuple[str, int]:
+        """Identifies what a KV cache was computed with besides the tokens (the engine reuses a cached
+        prompt prefix only under the same key): the visual input, and the weights' state."""
         if injection is None:
-            return "no-visual"
-        v = injection.visual.detach().float().cpu().contiguous()
-        return hashlib.sha1(v.numpy().tobytes()).hexdigest()
+            visual = "no-visual"
+        else:
+            v = injection.visual.detach().float().cpu().contiguous()
+            visual = hashlib.sha1(v.numpy().tobytes()).hexdigest()
+        return visual, self._weights_stamp()
+
+    def _weights_stamp(self) -> int:
+        """Changes whenever a parameter is modified in place (optimizer step, ``copy_``, ``load_state_dict``)
+        or replaced, so a prefix cache computed with older weights is never reused. Reads PyTorch's
+        per-tensor version counters: O(number of parameter tensors), no data is touched."""
+        return hash(tuple((id(p), p.data_ptr(), p._version) for p in self.parameters()))
 
     def generate(
         self,
