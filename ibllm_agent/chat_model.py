@@ -62,10 +62,29 @@ def _call_lock(model: Any) -> threading.RLock:
         return _CALL_LOCKS.setdefault(id(model), threading.RLock())
 
 
+def _attach_cache(model: Any, cache_dir: str) -> None:
+    """Load a ``VisualCache`` folder onto ``model`` (its media encodings become cache-enhanced)."""
+    if not hasattr(model, "visual_cache"):
+        raise ConfigError(
+            f"cache_dir={cache_dir!r} needs a model with a visual cache (ImageBindLLM); "
+            f"{type(model).__name__} has none"
+        )
+    from ibllm_agent.cache import VisualCache
+
+    model.visual_cache = VisualCache.load(cache_dir)
+
+
 def _load_model(
-    preset: str | None, model_dir: str | None, device: str | None, dtype: str | None, overrides: dict[str, Any]
+    preset: str | None,
+    model_dir: str | None,
+    device: str | None,
+    dtype: str | None,
+    overrides: dict[str, Any],
+    cache_dir: str | None = None,
 ) -> Any:
-    key = (preset, model_dir, device, dtype, json.dumps(overrides, sort_keys=True, default=str))
+    # The cache is part of the key: models are shared between chat models, a cache must not leak to
+    # chat models built without one.
+    key = (preset, model_dir, device, dtype, json.dumps(overrides, sort_keys=True, default=str), cache_dir)
     with _MODELS_LOCK:
         if key in _MODELS:
             return _MODELS[key]
@@ -89,6 +108,8 @@ def _load_model(
             model = ImageBindLLM.from_pretrained(model_dir, device=device, dtype=torch_dtype)
         if hasattr(model, "eval"):
             model.eval()
+        if cache_dir is not None:
+            _attach_cache(model, cache_dir)
         _MODELS[key] = model
         return model
 
@@ -136,7 +157,9 @@ class ChatImageBindLLM(BaseChatModel):
 
     Key init args — media:
         modality_weights: fusion weight per modality, e.g. ``{"image": 1, "audio": 0.5}`` (per call
-        too). cache_enabled / cache_k / cache_t / cache_alpha: visual-cache enhancement knobs passed to
+        too). cache_dir: a ``VisualCache`` folder (``ibllm-agent cache build``) loaded onto the model,
+        after which media encodings are cache-enhanced by default. cache_enabled / cache_k / cache_t /
+        cache_alpha: visual-cache enhancement knobs passed to
         the model as ``CacheSettings`` (used when the model has a cache; per call:
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
         for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
@@ -254,6 +277,7 @@ class ChatImageBindLLM(BaseChatModel):
     file_resolver: Callable[[str], Any] | None = None
     modality_weights: dict[str, float] = Field(default_factory=dict)
 
+    cache_dir: str | None = None
     cache_enabled: bool = True
     cache_k: int = 10
     cache_t: float = 20.0
@@ -290,7 +314,11 @@ class ChatImageBindLLM(BaseChatModel):
                 raise ConfigError("ChatImageBindLLM needs model=<TextGenerator>, preset=... or model_dir=...")
             if self.preset is not None and self.model_dir is not None:
                 raise ConfigError("ChatImageBindLLM takes preset or model_dir, not both")
-            self.model = _load_model(self.preset, self.model_dir, self.device, self.dtype, dict(self.model_kwargs))
+            self.model = _load_model(
+                self.preset, self.model_dir, self.device, self.dtype, dict(self.model_kwargs), self.cache_dir
+            )
+        elif self.cache_dir is not None:
+            _attach_cache(self.model, self.cache_dir)
         if not isinstance(self.model, TextGenerator):
             raise ConfigError(
                 f"model must implement ibllm_agent.types.TextGenerator (generate, stream, count_tokens, "

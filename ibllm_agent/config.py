@@ -149,11 +149,21 @@ class Settings(BaseSettings):
     config_file: Path = Field(
         default=DEFAULT_CONFIG_FILE, description="TOML file read below environment variables."
     )
+    visual_cache: Path | None = Field(
+        default=None,
+        description="A visual-cache folder (`ibllm-agent cache build ... --out DIR`); when set, the agent's "
+        "media encodings are cache-enhanced by default.",
+    )
 
     @field_validator("weights_dir", "workspace_dir", "config_file", mode="after")
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("visual_cache", mode="after")
+    @classmethod
+    def _expand_user_optional(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     @field_validator("device", mode="after")
     @classmethod

@@ -142,7 +142,7 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     return events
 
 
-def load_chat_model(model: Any) -> Any:
+def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
     """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
 
     - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
@@ -152,19 +152,28 @@ def load_chat_model(model: Any) -> Any:
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
 
+    ``cache_dir``: a ``VisualCache`` folder loaded onto the ImageBind-LLM the chat model is built
+    around (media encodings then become cache-enhanced); an error for a ready-made chat model.
+
     Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
     tool, malformed ``Action``) itself with an error observation and retries them
     (``build_agent(invalid_retries=2)``), so the attempts stay visible in the thread.
     """
     from langchain_core.language_models import BaseChatModel
 
+    cache = None if cache_dir is None else str(Path(cache_dir).expanduser())
     if isinstance(model, BaseChatModel):
+        if cache is not None:
+            raise ConfigError(
+                "cache_dir applies to models built from a preset, folder or TextGenerator; give a ready-made "
+                "chat model its cache itself (ChatImageBindLLM(cache_dir=...))"
+            )
         return model
     from ibllm_agent.chat_model import ChatImageBindLLM
     from ibllm_agent.types import TextGenerator
 
     if isinstance(model, TextGenerator):
-        return ChatImageBindLLM(model=model)
+        return ChatImageBindLLM(model=model, cache_dir=cache)
     if not isinstance(model, (str, Path)):
         raise ConfigError(
             f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
@@ -174,7 +183,7 @@ def load_chat_model(model: Any) -> Any:
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(preset="tiny", max_new_tokens=64)
+        return ChatImageBindLLM(preset="tiny", max_new_tokens=64, cache_dir=cache)
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
@@ -187,11 +196,11 @@ def load_chat_model(model: Any) -> Any:
             raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ChatImageBindLLM(model=ScriptedGenerator(outputs))
+        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
-    return ChatImageBindLLM(model_dir=str(path))
+    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache)
 
 
 def _resolve_tools(tools: Any) -> list[Any]:
@@ -240,8 +249,10 @@ class Agent:
         max_steps: int,
         describe: Callable[[StoredFile], str | None] | None = None,
         owns_memory: bool = True,
+        chat_model: Any = None,
     ):
         self.graph = graph
+        self.chat_model = chat_model  # the LangChain chat model the graph calls
         self.memory = memory
         self.workspace = workspace
         self.pool = pool
@@ -539,6 +550,7 @@ def build_agent(
     describe: Any = None,
     system_prompt: str | None = None,
     middleware: Sequence[Any] = (),
+    cache_dir: str | Path | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
@@ -566,6 +578,7 @@ def build_agent(
             or an ``ibllm_agent.experts.Expert`` (called with the stored file as ``Media`` for its
             modalities); without one (or when it returns nothing) a neutral description is used.
         system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
+        cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
     """
     from langchain.agents import create_agent
 
@@ -591,7 +604,7 @@ def build_agent(
     mem = open_memory(memory)
     try:
         tool_list = _resolve_tools(tools)
-        chat = load_chat_model(model)
+        chat = load_chat_model(model, cache_dir)
         graph = create_agent(
             chat,
             tool_list,
@@ -604,4 +617,4 @@ def build_agent(
         mem.close()
         raise
     return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
-                 describe=describe, owns_memory=isinstance(memory, (str, type(None))))
+                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat)

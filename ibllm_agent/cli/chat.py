@@ -152,10 +152,14 @@ def register(app: typer.Typer) -> None:
         no_tools: bool = typer.Option(False, "--no-tools", help="Plain chat without tools."),
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed per turn."),
         device: str | None = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda)."),
+        cache: Path | None = typer.Option(
+            None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
+            "[default: IBLLM_VISUAL_CACHE / config visual_cache]."
+        ),
     ) -> None:
         from ibllm_agent.errors import IbllmError
 
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:

@@ -49,12 +49,13 @@ def make_agent(
     no_tools: bool,
     max_steps: int,
     device: str | None,
+    cache: Path | None = None,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up)."""
     from ibllm_agent.agent import build_agent
     from ibllm_agent.config import get_settings
 
-    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device)
+    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device, visual_cache=cache)
     tool_spec: Any = [] if no_tools else (list(tools) or None)
     return build_agent(
         resolve_model_spec(model),
@@ -63,6 +64,7 @@ def make_agent(
         workspace=settings.workspace_dir,
         max_steps=max_steps,
         device=settings.device,
+        cache_dir=settings.visual_cache,
     )
 
 
@@ -91,12 +93,16 @@ def register(app: typer.Typer) -> None:
         no_tools: bool = typer.Option(False, "--no-tools", help="Plain chat without tools."),
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
         device: str | None = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda)."),
+        cache: Path | None = typer.Option(
+            None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
+            "[default: IBLLM_VISUAL_CACHE / config visual_cache]."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
                              thermal=thermal, imu=imu)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
         with agent:
             if json_out:
                 result = agent.send(thread_id, prompt, files)
