@@ -36,7 +36,9 @@ RANDOM_MODEL = (
 )
 
 
-class TestChatImageBindLLMUnit(ChatModelUnitTests):
+class _Capabilities:
+    """What both suites are told about ChatImageBindLLM (shared by the unit and integration classes)."""
+
     @property
     def chat_model_class(self) -> type[ChatImageBindLLM]:
         return ChatImageBindLLM
@@ -71,6 +73,10 @@ class TestChatImageBindLLMUnit(ChatModelUnitTests):
     def supports_pdf_inputs(self) -> bool:
         # ImageBind has no document modality.
         return False
+
+
+class TestChatImageBindLLMUnit(_Capabilities, ChatModelUnitTests):
+    pass
 
 
 def _sample_bytes(url: str) -> bytes:
@@ -95,7 +101,7 @@ def _sample_bytes(url: str) -> bytes:
     raise AssertionError(f"no local stand-in for {url}")
 
 
-class TestChatImageBindLLMIntegration(ChatModelIntegrationTests):
+class TestChatImageBindLLMIntegration(_Capabilities, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _offline_sample_media(self, monkeypatch):
         """The suites download sample media (wikimedia, GitHub) with ``httpx.get``, and image-URL tests
@@ -115,40 +121,6 @@ class TestChatImageBindLLMIntegration(ChatModelIntegrationTests):
         yield
         content.FETCH_CACHE.clear()  # no stand-in bodies cached under real URLs after the test
 
-    @property
-    def chat_model_class(self) -> type[ChatImageBindLLM]:
-        return ChatImageBindLLM
-
-    @property
-    def chat_model_params(self) -> dict:
-        return dict(PARAMS)
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        # One loaded model per instance; a per-call `model=` cannot swap weights (it is rejected).
-        return False
-
-    @property
-    def supports_json_mode(self) -> bool:
-        # No constrained JSON decoding; structured output goes through the tool protocol.
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        # ImageBind has no document modality.
-        return False
 
     @property
     def supports_image_inputs(self) -> bool:
