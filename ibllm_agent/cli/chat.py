@@ -22,7 +22,17 @@ from typing import Any
 
 import typer
 
-from ibllm_agent.cli.run import MODEL_HELP, make_agent
+from ibllm_agent.cli.run import (
+    CACHE_OPT,
+    DEVICE_OPT,
+    MEMORY_OPT,
+    MODEL_OPT,
+    NO_TOOLS_OPT,
+    THREAD_OPT,
+    TOOL_OPT,
+    WORKSPACE_OPT,
+    make_agent,
+)
 
 HELP = __doc__.split("Commands inside the session:\n\n", 1)[1].rstrip()
 PROMPT = "you> "
@@ -142,20 +152,15 @@ class ChatSession:
 def register(app: typer.Typer) -> None:
     @app.command("chat", help="Chat with the agent: streaming answers, /attach media, tools, memory.")
     def chat(
-        model: str = typer.Option("demo", "--model", help=MODEL_HELP),
-        thread: str | None = typer.Option(None, "--thread", help="Thread id to continue (default: new)."),
-        memory: str | None = typer.Option(
-            None, "--memory", help="sqlite:///PATH (default, under the workspace), postgres://… or memory."
-        ),
-        workspace: Path | None = typer.Option(None, "--workspace", help="Root folder for thread files."),
-        tool: list[str] = typer.Option([], "--tool", help="Use only this registered tool (repeatable)."),
-        no_tools: bool = typer.Option(False, "--no-tools", help="Plain chat without tools."),
+        model: str = MODEL_OPT,
+        thread: str | None = THREAD_OPT,
+        memory: str | None = MEMORY_OPT,
+        workspace: Path | None = WORKSPACE_OPT,
+        tool: list[str] = TOOL_OPT,
+        no_tools: bool = NO_TOOLS_OPT,
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed per turn."),
-        device: str | None = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda)."),
-        cache: Path | None = typer.Option(
-            None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
-            "[default: IBLLM_VISUAL_CACHE / config visual_cache]."
-        ),
+        device: str | None = DEVICE_OPT,
+        cache: Path | None = CACHE_OPT,
     ) -> None:
         from ibllm_agent.errors import IbllmError
 

@@ -41,6 +41,22 @@ def resolve_model_spec(spec: str) -> str:
     return str(folder)
 
 
+# Options shared by `run` and `chat` (typer reads these as parameter defaults in both commands).
+MODEL_OPT = typer.Option("demo", "--model", help=MODEL_HELP)
+THREAD_OPT = typer.Option(None, "--thread", help="Thread id to continue (default: new).")
+MEMORY_OPT = typer.Option(
+    None, "--memory", help="sqlite:///PATH (default, under the workspace), postgres://… or memory."
+)
+WORKSPACE_OPT = typer.Option(None, "--workspace", help="Root folder for thread files.")
+TOOL_OPT = typer.Option([], "--tool", help="Use only this registered tool (repeatable).")
+NO_TOOLS_OPT = typer.Option(False, "--no-tools", help="Plain chat without tools.")
+DEVICE_OPT = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda).")
+CACHE_OPT = typer.Option(
+    None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
+    "(default: the visual_cache setting, env IBLLM_VISUAL_CACHE)."
+)
+
+
 def make_agent(
     model: str,
     memory: str | None,
@@ -83,20 +99,15 @@ def register(app: typer.Typer) -> None:
         depth: list[Path] = typer.Option([], "--depth", help="Attach a depth map (repeatable)."),
         thermal: list[Path] = typer.Option([], "--thermal", help="Attach a thermal image (repeatable)."),
         imu: list[Path] = typer.Option([], "--imu", help="Attach an IMU recording .npy (repeatable)."),
-        model: str = typer.Option("demo", "--model", help=MODEL_HELP),
-        thread: str | None = typer.Option(None, "--thread", help="Thread id to continue (default: new)."),
-        memory: str | None = typer.Option(
-            None, "--memory", help="sqlite:///PATH (default, under the workspace), postgres://… or memory."
-        ),
-        workspace: Path | None = typer.Option(None, "--workspace", help="Root folder for thread files."),
-        tool: list[str] = typer.Option([], "--tool", help="Use only this registered tool (repeatable)."),
-        no_tools: bool = typer.Option(False, "--no-tools", help="Plain chat without tools."),
+        model: str = MODEL_OPT,
+        thread: str | None = THREAD_OPT,
+        memory: str | None = MEMORY_OPT,
+        workspace: Path | None = WORKSPACE_OPT,
+        tool: list[str] = TOOL_OPT,
+        no_tools: bool = NO_TOOLS_OPT,
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
-        device: str | None = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda)."),
-        cache: Path | None = typer.Option(
-            None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
-            "[default: IBLLM_VISUAL_CACHE / config visual_cache]."
-        ),
+        device: str | None = DEVICE_OPT,
+        cache: Path | None = CACHE_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
