@@ -158,6 +158,20 @@ def _diffusers(
 
 
 _HF_IBLLM = "https://huggingface.co/Cxxs/ImageBind-LLM/resolve/main"
+
+
+def _imagebind_llm(name: str, filename: str, gigabytes: float, description: str) -> WeightSpec:
+    """One of the official ImageBind-LLM adapter checkpoints on the Cxxs/ImageBind-LLM Hub repo."""
+    return WeightSpec(
+        name=name,
+        kind="file",
+        path=f"imagebind_llm/{filename}",
+        description=description,
+        licence="non-commercial (derived from LLaMA and ImageBind); LLaMA-Adapter code GPL-3.0",
+        source="https://huggingface.co/Cxxs/ImageBind-LLM",
+        size_bytes=int(gigabytes * _GB),
+        files=(WeightFile(f"imagebind_llm/{filename}", f"{_HF_IBLLM}/{filename}"),),
+    )
 _GB = 1_000_000_000
 
 _LLAMA_HOW_TO = (
@@ -200,36 +214,12 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         ),
     ),
     # ---- ImageBind-LLM adapters ----------------------------------------------------------------
-    WeightSpec(
-        name="imagebind_llm_7b",
-        kind="file",
-        path="imagebind_llm/7B.pth",
-        description="ImageBind-LLM 7B (stable): bind network, gates, bias and LoRA over LLaMA-7B / Open-Chinese-LLaMA-7B.",
-        licence="non-commercial (derived from LLaMA and ImageBind); LLaMA-Adapter code GPL-3.0",
-        source="https://huggingface.co/Cxxs/ImageBind-LLM",
-        size_bytes=int(2.6 * _GB),
-        files=(WeightFile("imagebind_llm/7B.pth", f"{_HF_IBLLM}/7B.pth"),),
-    ),
-    WeightSpec(
-        name="imagebind_llm_7b_pretrained",
-        kind="file",
-        path="imagebind_llm/7B-pretrained.pth",
-        description="ImageBind-LLM 7B after image-text pre-training only (bind network, prefix query, gates).",
-        licence="non-commercial (derived from LLaMA and ImageBind); LLaMA-Adapter code GPL-3.0",
-        source="https://huggingface.co/Cxxs/ImageBind-LLM",
-        size_bytes=int(2.43 * _GB),
-        files=(WeightFile("imagebind_llm/7B-pretrained.pth", f"{_HF_IBLLM}/7B-pretrained.pth"),),
-    ),
-    WeightSpec(
-        name="imagebind_llm_7b_beta",
-        kind="file",
-        path="imagebind_llm/7B-beta.pth",
-        description="ImageBind-LLM 7B beta: legacy LayerNorm+bias bridge (load with legacy_bridge=True).",
-        licence="non-commercial (derived from LLaMA and ImageBind); LLaMA-Adapter code GPL-3.0",
-        source="https://huggingface.co/Cxxs/ImageBind-LLM",
-        size_bytes=int(2.6 * _GB),
-        files=(WeightFile("imagebind_llm/7B-beta.pth", f"{_HF_IBLLM}/7B-beta.pth"),),
-    ),
+    _imagebind_llm("imagebind_llm_7b", "7B.pth", 2.6,
+                   "ImageBind-LLM 7B (stable): bind network, gates, bias and LoRA over LLaMA-7B / Open-Chinese-LLaMA-7B."),
+    _imagebind_llm("imagebind_llm_7b_pretrained", "7B-pretrained.pth", 2.43,
+                   "ImageBind-LLM 7B after image-text pre-training only (bind network, prefix query, gates)."),
+    _imagebind_llm("imagebind_llm_7b_beta", "7B-beta.pth", 2.6,
+                   "ImageBind-LLM 7B beta: legacy LayerNorm+bias bridge (load with legacy_bridge=True)."),
     # ---- Base LLaMA ----------------------------------------------------------------------------
     WeightSpec(
         name="llama_7b",
