@@ -239,9 +239,12 @@ def _missing(kit: ToolKit, name: str) -> list[str]:
 
 
 def tool_status(settings: Any = None, *, generator: Any = None,
-                loaders: Mapping[str, Callable[[str], Any]] | None = None) -> list[ToolStatus]:
-    """One ``ToolStatus`` per vision tool, in ``TOOL_REQUIREMENTS`` order."""
-    kit = ToolKit(settings=settings, generator=generator, loaders=dict(loaders or {}))
+                loaders: Mapping[str, Callable[[str], Any]] | None = None,
+                with_chat_model: bool = False) -> list[ToolStatus]:
+    """One ``ToolStatus`` per vision tool, in ``TOOL_REQUIREMENTS`` order. ``with_chat_model``: count
+    the description/VQA tools as available (in an agent the chat model answers them)."""
+    kit = ToolKit(settings=settings, generator=generator if generator is not None or not with_chat_model
+                  else True, loaders=dict(loaders or {}))
     rows = []
     for name in TOOL_REQUIREMENTS:
         missing = tuple(_missing(kit, name))
