@@ -227,3 +227,12 @@ def test_status_lists_what_each_tool_misses(tmp_path):
     assert rows["Segment the Image"].available and rows["Get Photo Description"].available
     names = [t.name for t in default_tools(get_settings(weights_dir=tmp_path), available_only=True)]
     assert names == ["Segment the Image", "Edge Detection On Image"]
+
+
+def test_diffusion_shows_progress_unless_disabled(models, ws, capsys):
+    from dataclasses import replace
+
+    run(models, ws, "Generate Image From User Input Text", "a cat", options=replace(OPTIONS, progress=True))
+    assert "text to image" in capsys.readouterr().err  # diffusers' bar, named after the tool
+    run(models, ws, "Generate Image From User Input Text", "a cat")
+    assert "text to image" not in capsys.readouterr().err

@@ -20,9 +20,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from ibllm_agent.tools.detection import Detection
+    from PIL import Image
 
 __all__ = ["CascadeResult", "extract_nouns", "ground_answer", "rule_based_nouns"]
 

@@ -43,7 +43,7 @@ def inpaint(pipe: Any, image: Image.Image, mask: np.ndarray, prompt: str, option
 
     size = options.diffusion_size
     canvas = image.convert("RGB").resize((size, size))
-    mask_img = Image.fromarray((mask.astype(np.uint8) * 255)).resize((size, size), resample=0)  # nearest
+    mask_img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), resample=0)  # nearest
     out = run_pipeline(pipe, "inpainting", options, 50, prompt=prompt, image=canvas, mask_image=mask_img,
                        height=size, width=size)
     return out.resize(image.size)

@@ -113,7 +113,9 @@ def tiny_unclip(device: str = "cpu", seed: int = 0) -> Any:
     """``StableUnCLIPImg2ImgPipeline`` whose UNet takes [image embedding (64), noise-level embedding (64)]."""
     import torch
     from diffusers import DDPMScheduler, StableUnCLIPImg2ImgPipeline
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+        StableUnCLIPImageNormalizer,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
