@@ -118,3 +118,16 @@ def test_info_lists_tools_and_what_they_miss(tmp_path):
     assert tools["Edge Detection On Image"]["available"] is True
     assert tools["Detect the Give Object"]["missing"] == ["weights groundingdino_swint_ogc"]
     assert tools["Get Photo Description"]["available"] is True  # answered by the chat model itself
+
+
+def test_tool_command_unknown_name_lists_the_tools(tmp_path):
+    from typer.testing import CliRunner
+
+    from ibllm_agent.cli import _register_all, app
+    from ibllm_agent.errors import ToolRegistryError
+
+    if not app.registered_commands:
+        _register_all()
+    res = CliRunner().invoke(app, ["tool", "Frobnicate", "x.png", "--workspace", str(tmp_path)])
+    assert isinstance(res.exception, ToolRegistryError)
+    assert "Edge Detection On Image" in str(res.exception) and "'Frobnicate'" in str(res.exception)

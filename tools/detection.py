@@ -261,8 +261,12 @@ def official_config(values: dict[str, Any] | None = None) -> Any:
 
 def read_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
     """A BERT ``vocab.txt`` (one token per line, id = line number) as a token → id dict."""
-    tokens = Path(path).read_text(encoding="utf-8").splitlines()
-    return {t: i for i, t in enumerate(tokens)}
+    # Split on "\n" only, as transformers' load_vocab does: str.splitlines would also split inside
+    # tokens holding other line-break characters (U+0085, U+2028) and shift every later id.
+    tokens = Path(path).read_text(encoding="utf-8").split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    return {t.rstrip("\r"): i for i, t in enumerate(tokens)}
 
 
 def _bert_tokenizer(vocab: dict[str, int]) -> Any:
