@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,13 @@ _MODEL_HELP = (
     "Run this model first: a saved model folder, 'demo', 'tiny' (random tiny model) or "
     "'scripted:FILE.json' (replays a JSON list of outputs; testing aid)."
 )
+
+
+PredOpt = Annotated[Path | None, typer.Option(
+    "--pred", help="Predictions: JSON list of {id, output} (the model's continuation only).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help=_MODEL_HELP)]
+SavePredOpt = Annotated[Path | None, typer.Option("--save-pred", help="With --model: write the predictions here.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Prompts decoded together (--model).")]
 
 
 def _fail(exc: IbllmError) -> None:
@@ -65,20 +72,17 @@ def register(app: typer.Typer) -> None:
 
     @eval_app.command("tools")
     def tools_command(
-        data: Path = typer.Option(..., "--data", help="GT file: JSON list of {id, instruction, input, output}."),
-        pred: Path | None = typer.Option(
-            None, "--pred", help="Predictions: JSON list of {id, output} (the model's continuation only)."
-        ),
-        model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
-        save_pred: Path | None = typer.Option(None, "--save-pred", help="With --model: write the predictions here."),
-        by: str | None = typer.Option(
-            None, "--by", help="Also report the metrics per value of this GT key (e.g. modality, tool)."
-        ),
-        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together (--model)."),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Generation limit (--model)."),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print one JSON object: SR_t, SR_act, SR_args, SR, IoU (fractions) and n."
-        ),
+        data: Annotated[Path, typer.Option("--data", help="GT file: JSON list of {id, instruction, input, output}.")],
+        pred: PredOpt = None,
+        model: ModelOpt = None,
+        save_pred: SavePredOpt = None,
+        by: Annotated[str | None, typer.Option(
+            "--by", help="Also report the metrics per value of this GT key (e.g. modality, kind).")] = None,
+        batch_size: BatchOpt = 8,
+        max_new_tokens: Annotated[int, typer.Option(
+            "--max-new-tokens", min=1, help="Generation limit (--model).")] = 256,
+        json_out: Annotated[bool, typer.Option(
+            "--json", help="Print one JSON object: SR_t, SR_act, SR_args, SR, IoU (fractions) and n.")] = False,
     ) -> None:
         """Score tool use exactly as GPT4Tools' evaluator: predictions joined to GT by id."""
         from ibllm_agent.evaluation.runner import load_gt, predict_tools, score_tools
@@ -105,17 +109,14 @@ def register(app: typer.Typer) -> None:
 
     @eval_app.command("mme")
     def mme_command(
-        data: Path = typer.Option(
-            ..., "--data", help="MME file: JSON list of {id, image, question, answer (Yes/No), category}."
-        ),
-        pred: Path | None = typer.Option(None, "--pred", help="Predictions: JSON list of {id, output}."),
-        model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
-        save_pred: Path | None = typer.Option(None, "--save-pred", help="With --model: write the predictions here."),
-        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together (--model)."),
-        json_out: bool = typer.Option(
-            False, "--json", help="Print one JSON object: accuracy, accuracy_plus, n, images, total_score, "
-            "categories."
-        ),
+        data: Annotated[Path, typer.Option(
+            "--data", help="MME file: JSON list of {id, image, question, answer (Yes/No), category}.")],
+        pred: PredOpt = None,
+        model: ModelOpt = None,
+        save_pred: SavePredOpt = None,
+        batch_size: BatchOpt = 8,
+        json_out: Annotated[bool, typer.Option(
+            "--json", help="Print one JSON object: accuracy, accuracy_plus, n, images, total_score, categories.")] = False,
     ) -> None:
         """Score MME-style yes/no answers: accuracy, and accuracy+ (images whose two questions are both right)."""
         from ibllm_agent.evaluation.runner import load_mme, predict_mme, score_mme
