@@ -101,6 +101,12 @@ def test_eval_tools_bad_gt(cli, tmp_path):
     (tmp_path / "p.json").write_text("[]")
     result = _invoke(cli, "eval", "tools", "--data", tmp_path / "gt.json", "--pred", tmp_path / "p.json")
     assert result.exit_code == 2 and "lacks ['instruction']" in result.output
+    (tmp_path / "gt.json").write_text(json.dumps([{"id": [1], "instruction": "x", "output": "x"}]))
+    result = _invoke(cli, "eval", "tools", "--data", tmp_path / "gt.json", "--pred", tmp_path / "p.json")
+    assert result.exit_code == 2 and "ids must be strings or integers" in result.output
+    (tmp_path / "gt.json").write_text("{not json")
+    result = _invoke(cli, "eval", "tools", "--data", tmp_path / "gt.json", "--pred", tmp_path / "p.json")
+    assert result.exit_code == 2 and "is not valid JSON" in result.output
 
 
 @pytest.mark.slow

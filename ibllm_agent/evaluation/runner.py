@@ -46,6 +46,8 @@ def _check_keys(items: Sequence[Mapping[str, Any]], keys: Sequence[str], path: P
         missing = [k for k in keys if k not in it]
         if missing:
             raise EvalDataError(f"{what} file {path}: item {i} (id {it.get('id')!r}) lacks {missing}")
+        if isinstance(it["id"], bool) or not isinstance(it["id"], (str, int)):
+            raise EvalDataError(f"{what} file {path}: item {i} has id {it['id']!r}; ids must be strings or integers")
 
 
 def load_gt(path: str | Path) -> list[dict[str, Any]]:
