@@ -180,6 +180,7 @@ def test_chat_formats(data):
                for r in llava)
     others = json.loads((data / "llava_media.json").read_text())
     assert {k for r in others for k in r} - {"id", "conversations"} <= {"audio", "video", "point"}
+    assert not any("<image>" in t["value"] for r in others for t in r["conversations"])
     alpaca = json.loads((data / "alpaca.json").read_text())
     assert all(set(r) == {"instruction", "input", "output"} for r in alpaca)
     mme = json.loads((data / "mme_val.json").read_text())

@@ -7,6 +7,7 @@ Layout of ``OUT/`` (all paths inside the files are relative to ``OUT``)::
     alpaca.json               {instruction, input, output}: captions as input + questions, text-only facts
     llava.json                {id, image, conversations}: multi-turn Q&A about train images (<image> in turn 1)
     llava_media.json          the same for audio/video/point, the file under the key "audio"/"video"/"point"
+                              and no <image> tag (loaders that know only images read it as ShareGPT text)
     sharegpt.json             {id, conversations}: text-only multi-turn chats
     gpt4tools_train.json      {id, instruction, input, output, kind, modality, step, target, media}
     gpt4tools_val_seen.json   seen tools, held-out instruction wordings, unseen media
@@ -188,7 +189,9 @@ def chat_records(cfg: SyntheticConfig, pools: dict[str, list[dict[str, Any]]]) -
         turns = rng.sample(qa, min(len(qa), rng.randint(1, 3)))
         conv = []
         for k, (tq, ta) in enumerate(turns):
-            conv.append({"from": "human", "value": f"<image>\n{tq}" if k == 0 else tq})
+            # LLaVA's "<image>" placeholder only where a LLaVA loader expects it (image records)
+            tag = "<image>\n" if k == 0 and item["modality"] == "image" else ""
+            conv.append({"from": "human", "value": f"{tag}{tq}"})
             conv.append({"from": "gpt", "value": ta})
         record = {"id": f"chat-{i:05d}", item["modality"]: item["name"], "conversations": conv}
         (llava if item["modality"] == "image" else llava_media).append(record)
