@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ibllm_agent.errors import ConfigError, ToolArgumentError
 from ibllm_agent import stops as stops_mod
+from ibllm_agent.errors import ConfigError, ToolArgumentError
 from ibllm_agent.prompts import gpt4tools_blocks
 
 Variant = Literal["training", "demo"]

@@ -1,8 +1,9 @@
 """Incremental reading of streamed model text: trimming and one GPT4Tools step.
 
-Pure text-in/events-out helpers used by ``ChatImageBindLLM._stream``: they decide as early as the text
-allows whether a step is a tool call (complete ``Action Input:`` line), an answer (after ``AI:``) or
-plain text, so answers stream while tool calls are emitted whole.
+Pure text-in/events-out helpers used by ``ChatImageBindLLM._stream`` once ``ibllm_agent.stops``
+has cut the stream at its stop strings: they decide as early as the text allows whether a step is a
+tool call (complete ``Action Input:`` line), an answer (after ``AI:``) or plain text, so answers
+stream while tool calls are emitted whole.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ibllm_agent import protocol as P
-from ibllm_agent.stops import StopCutter
 
-__all__ = ["StepStream", "StopCutter", "find_ai"]
+__all__ = ["StepStream", "find_ai"]
 
 
 class _Trim:
