@@ -18,6 +18,18 @@ from ibllm_agent.testing import ScriptedGenerator, ScriptExhaustedError
 from ibllm_agent.types import CacheSettings, Media, Sampling, TextGenerator
 
 
+def test_public_import_paths():
+    import importlib
+
+    import ibllm_agent
+
+    assert ibllm_agent.ChatImageBindLLM is ChatImageBindLLM
+    assert ChatImageBindLLM.__module__ == "ibllm_agent.chat.model"
+    assert "Key init args" in ChatImageBindLLM.__doc__  # the class docstring is the manual
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("ibllm_agent.chat_model")  # moved, no shim left behind
+
+
 # -- ScriptedGenerator ---------------------------------------------------------------------------------
 def test_scripted_generator_is_a_text_generator_and_records_calls():
     gen = ScriptedGenerator(["one", "two"], prompt_template="alpaca", context_length=99)
