@@ -1,9 +1,9 @@
 """``ChatImageBindLLM``: ImageBind-LLM (or any ``TextGenerator``) as a LangChain chat model.
 
-The class docstring is the manual. Prompt rendering lives in ``rendering``, step → message mapping in
-``messages``, expert memoisation in ``findings``, model loading in ``loading``, stream parsing in
-``step_stream``; stop strings in ``ibllm_agent.stops``, the sync → async bridge in
-``ibllm_agent.sync_bridge``.
+The class docstring is the manual. Prompt rendering lives in ``rendering``, the model calls and the
+invalid-step retry loop in ``attempts``, step → message mapping in ``messages``, stream parsing in
+``step_stream``, expert memoisation in ``findings``, model loading in ``loading``; stop strings in
+``ibllm_agent.stops``, the sync → async bridge in ``ibllm_agent.sync_bridge``.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from ibllm_agent import protocol as P
+from ibllm_agent.chat import attempts
 from ibllm_agent.chat.findings import Findings
-from ibllm_agent.chat.loading import _attach_cache, _load_model, call_lock
-from ibllm_agent.chat.messages import Gate, metadata, step_message_fields, usage
-from ibllm_agent.chat.rendering import Call, fit, render, retry
-from ibllm_agent.chat.step_stream import StepStream
+from ibllm_agent.chat.loading import _attach_cache, _load_model
+from ibllm_agent.chat.rendering import Call, fit, render
 from ibllm_agent.errors import ConfigError
-from ibllm_agent.stops import StopCutter, cut_at_stop
 from ibllm_agent.sync_bridge import iterate_in_thread, run_in_thread
 from ibllm_agent.types import Media, TextGenerator
 
@@ -310,81 +308,12 @@ class ChatImageBindLLM(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call = self._prepare(messages, stop, kwargs)
-        failed: list[P.ScratchStep] = []
-        prompt_tokens = completion_tokens = 0
-        while True:
-            with call_lock(self.model):
-                gen = self.model.generate(call.prompt, call.media, sampling=call.sampling, cache=call.cache)
-            text, cut = cut_at_stop(gen.text, call.sampling.stop)
-            raw_text = call.prefill + text
-            fields = step_message_fields(call, raw_text)
-            prompt_tokens += gen.prompt_tokens or self.model.count_tokens(call.prompt)
-            completion_tokens += gen.completion_tokens or self.model.count_tokens(text)
-            if not fields["invalid_tool_calls"] or len(failed) >= self.invalid_retries:
-                break
-            call = retry(self.model, call, failed, raw_text, fields["invalid_tool_calls"][0]["error"])
-        reasoning = fields.pop("reasoning")
-        message = AIMessage(
-            **fields,
-            additional_kwargs={"reasoning_content": reasoning} if reasoning else {},
-            response_metadata=metadata(
-                self.model_name, call, raw_text, "stop" if cut else gen.finish_reason, len(failed)
-            ),
-            usage_metadata=usage(prompt_tokens, completion_tokens),
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return attempts.generate(self, self._prepare(messages, stop, kwargs))
 
     def _iter_chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> Iterator[ChatGenerationChunk]:
-        call = self._prepare(messages, stop, kwargs)
-        failed: list[P.ScratchStep] = []
-        prompt_tokens = completion_tokens = 0
-        while True:
-            # While a retry is still possible, hold this attempt's chunks back until the step is
-            # decided: an answer (content) or a valid tool call goes out; an invalid step is dropped
-            # and fed back as an error observation.
-            gate = Gate(call, hold=call.tool_mode and len(failed) < self.invalid_retries)
-            cutter = StopCutter(call.sampling.stop)
-            parser = StepStream(call.prefill, call.tool_mode)
-            pieces: list[str] = []
-
-            with call_lock(self.model):
-                stream = self.model.stream(call.prompt, call.media, sampling=call.sampling, cache=call.cache)
-                try:
-                    for piece in stream:
-                        safe = cutter.feed(piece)
-                        pieces.append(safe)
-                        yield from gate.emit(parser.feed(safe))
-                        if cutter.stopped or gate.invalid_error is not None:
-                            break
-                finally:
-                    close = getattr(stream, "close", None)
-                    if close is not None:
-                        close()  # stop the model's decoding loop when we stop early (stop string, consumer)
-            if gate.invalid_error is None:
-                tail = cutter.flush()
-                pieces.append(tail)
-                yield from gate.emit(parser.feed(tail) + parser.finish())
-            text = "".join(pieces)
-            raw_text = call.prefill + text
-            prompt_tokens += self.model.count_tokens(call.prompt)
-            completion_tokens += self.model.count_tokens(text)
-            if gate.invalid_error is None:
-                yield from gate.release()  # never decided (e.g. empty output): release as is
-                break
-            call = retry(self.model, call, failed, gate.invalid_raw, gate.invalid_error)
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                chunk_position="last",
-                response_metadata=metadata(
-                    self.model_name, call, raw_text, "stop" if cutter.stopped else "eos", len(failed)
-                ),
-                usage_metadata=usage(prompt_tokens, completion_tokens),
-            )
-        )
+        return attempts.stream(self, self._prepare(messages, stop, kwargs))
 
     def _stream(
         self,
