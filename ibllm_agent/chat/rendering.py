@@ -3,7 +3,9 @@ sampling, tools), in the model's template and, with tools bound, the GPT4Tools R
 
 Functions over the chat model's settings (``chat`` below is a ``ChatImageBindLLM``; only its fields,
 its model's ``prompt_template``/``context_length``/``count_tokens`` and its remembered expert
-findings are used). No generation happens here.
+findings are used); no LangChain model class and no generation here. Not free of I/O: sorting the
+messages (``Conversation.build``) reads their attachments through ``ibllm_agent.content`` and runs
+the experts and captioner (remembered per attachment, see ``findings``).
 """
 
 from __future__ import annotations
