@@ -15,7 +15,7 @@ EPILOG = (
     "--llama-type 7B --out ckpt/ibllm-7b  |  "
     "ibllm-agent convert --hf-base llama-2-7b-hf --out ckpt/fresh  (new bind network, for pre-training)  |  "
     "ibllm-agent convert --to-official ckpt/ibllm-7b --out release/  |  "
-    "ibllm-agent convert --from-registry  (downloaded 7B.pth + LLaMA-7B -> <weights_dir>/demo, used by --model demo)"
+    "ibllm-agent convert --from-registry  (downloaded 7B.pth + LLaMA-7B -> <weights_dir>/official, used by --model official)"
 )
 
 
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="convert", epilog=EPILOG)
     def convert_command(
         out: Annotated[Path | None, typer.Option(
-            "--out", help="Output folder (with --from-registry: default <weights_dir>/demo).", show_default=False)] = None,
+            "--out", help="Output folder (with --from-registry: default <weights_dir>/official).", show_default=False)] = None,
         from_registry: Annotated[bool, typer.Option(
             "--from-registry", help="Take the official 7B adapter and LLaMA-7B from the weights dir (ibllm-agent "
                                     "download imagebind_llm_7b llama_7b); --official/--llama-dir override.")] = False,
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
             official = official or require("imagebind_llm_7b")
             if llama_dir is None:
                 llama_dir, llama_type = require("llama_7b"), llama_type or "7B"
-            out = out or Path(get_settings().weights_dir) / "demo"
+            out = out or Path(get_settings().weights_dir) / "official"
         if out is None:
             raise ConfigError("--out is required (the output folder)")
         if out.exists() and not out.is_dir():

@@ -19,31 +19,35 @@ from typing import Any
 import typer
 
 MODEL_HELP = (
-    "A saved model folder, 'demo' (the converted official model in <weights_dir>/demo), 'tiny' (random "
-    "tiny model, for smoke tests) or 'scripted:FILE.json' (replays a JSON list of outputs; testing aid)."
+    "'auto' (default: 'official' when converted, else 'demo'), 'demo' (the small model trained by our own "
+    "pipeline, shipped with the package), 'official' (the converted official 7B in <weights_dir>/official), "
+    "a saved model folder, 'tiny' (random tiny model, for smoke tests) or 'scripted:FILE.json' (replays a "
+    "JSON list of outputs; testing aid)."
 )
 
 
 def resolve_model_spec(spec: str) -> str:
-    """``demo`` → the folder ``<weights_dir>/demo``; other specs unchanged."""
-    from ibllm_agent.errors import ConfigError
-
-    if spec != "demo":
-        return spec
+    """``auto`` / ``demo`` / ``official`` → a model folder; other specs unchanged."""
     from ibllm_agent.config import get_settings
+    from ibllm_agent.errors import ConfigError
+    from ibllm_agent.shipped import demo_model_dir
 
-    folder = Path(get_settings().weights_dir) / "demo"
-    if not (folder / "config.json").is_file():
+    if spec not in ("auto", "demo", "official"):
+        return spec
+    official = Path(get_settings().weights_dir) / "official"
+    if spec == "demo" or (spec == "auto" and not (official / "config.json").is_file()):
+        return str(demo_model_dir())
+    if not (official / "config.json").is_file():
         raise ConfigError(
-            f"the demo model is not installed: expected a model folder at {folder}. Convert the official "
+            f"the official model is not installed: expected a model folder at {official}. Convert the official "
             f"checkpoint into it (ibllm-agent download imagebind_llm_7b llama_7b, then ibllm-agent convert "
-            f"--official ... --llama-dir ... --out {folder}), or pass --model DIR|tiny"
+            f"--from-registry), or pass --model demo|DIR|tiny"
         )
-    return str(folder)
+    return str(official)
 
 
 # Options shared by `run` and `chat` (typer reads these as parameter defaults in both commands).
-MODEL_OPT = typer.Option("demo", "--model", help=MODEL_HELP)
+MODEL_OPT = typer.Option("auto", "--model", help=MODEL_HELP)
 THREAD_OPT = typer.Option(None, "--thread", help="Thread id to continue (default: new).")
 MEMORY_OPT = typer.Option(
     None, "--memory", help="sqlite:///PATH (default, under the workspace), postgres://… or memory."

@@ -104,7 +104,7 @@ def format_tools_report(report: Mapping[str, Any]) -> str:
 
 # -- inference -----------------------------------------------------------------------------------------
 def load_generator(spec: str) -> Any:
-    """A ``TextGenerator`` from a ``--model`` value: ``tiny``, ``demo``, ``scripted:FILE.json`` or a
+    """A ``TextGenerator`` from a ``--model`` value: ``tiny``, ``demo``/``official``/``auto``, ``scripted:FILE.json`` or a
     saved model folder (the same forms ``ibllm-agent run`` takes)."""
     from ibllm_agent.errors import ConfigError
 
@@ -122,7 +122,7 @@ def load_generator(spec: str) -> Any:
     else:
         folder = Path(resolve_model_spec(spec)).expanduser()
         if not folder.is_dir():
-            raise ConfigError(f"model {spec!r} is not 'tiny', 'demo', 'scripted:PATH' or an existing model folder")
+            raise ConfigError(f"model {spec!r} is not 'tiny', 'demo', 'official', 'auto', 'scripted:PATH' or an existing model folder")
         model = ImageBindLLM.from_pretrained(folder)
     model.eval()
     return model
