@@ -502,7 +502,7 @@ def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     shutil.copytree(sources["llama"].parent, weights / "llama")
     res = _cli_in_process("--from-registry", "--encoder", "tiny_w3d")
     assert res.exit_code == 0, res.output
-    model = ImageBindLLM.from_pretrained(weights / "demo", device="cpu")
+    model = ImageBindLLM.from_pretrained(weights / "official", device="cpu")
     assert model.config.lora_rank == RANK
 
 

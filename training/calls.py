@@ -11,7 +11,9 @@ names its purpose. LangChain callers add other shapes, and a model that never sa
 - ``record``: structured output (a schema bound as the only, forced tool; 2–3 string fields) → one
   comma-free phrase per field, about the request's topic;
 - ``unicode``: a name in non-Latin script inside quotes → copied byte for byte into the first field;
-- after an ``Observation`` → a ``No`` thought and an answer that repeats it.
+- after an ``Observation`` → a ``No`` thought and an answer that repeats it; after an error
+  observation (a missing weight, a bad input) → an answer that says what went wrong (``error``);
+- a follow-up about the previous turn (``memory``) → the earlier answer, from the chat history.
 
 Every function, parameter and wording is made up here (syllable names, ``verb_noun``); none is a
 name or prompt of LangChain's standard test suite. Each sample is ``{"id", "kind", "prompt",
@@ -227,8 +229,61 @@ def unicode_samples(rng: random.Random) -> list[dict[str, Any]]:
     return [_sample("unicode", tools, user, rest, prefill)]
 
 
+_WEIGHTS = ["sd_text2image", "whisper_base", "sam_vit_h", "groundingdino_swint_ogc", "instruct_pix2pix",
+            "sd_inpainting", "kilo_model", "tarn_net"]
+
+
+def error_samples(rng: random.Random) -> list[dict[str, Any]]:
+    """The called tool fails; the answer passes its error on (the words after ``Error: Type:``)."""
+    want = _place_fn(rng, rng.choice(_MEASURES)) if rng.random() < 0.5 else _num_fn(rng)
+    tools = [want, *_distractors(rng, {want.name}, rng.randint(0, 3))]
+    rng.shuffle(tools)
+    (_, ptype), = want.params
+    arg = str(rng.randint(0, 99)) if ptype == "integer" else rng.choice(_PLACES)
+    user = (f"Run {want.name} on {arg}." if ptype == "integer" else
+            f"What is the {want.description.split(' the ')[1].split(' at')[0].split(' for')[0].split(' of')[0]} in {arg}?")
+    w = rng.choice(_WEIGHTS)
+    msg = rng.choice([
+        f"missing weight '{w}': expected file {w.split('_')[0]}/{w}.pt. Fetch it with `ibllm-agent download {w}`.",
+        f"{arg} is not a value this tool can read",
+        f"the tool needs the package {rng.choice(['cv2', 'whisper', 'diffusers'])}: pip install 'ibllm-agent[tools]'",
+    ])
+    kind = "MissingWeightError" if msg.startswith("missing weight") else "ToolInputError"
+    out = [_sample("error", tools, user, _step(want.name, arg) + "\nObservation:")]
+    _with_answer(out, "error", tools, user, want.name, arg, f"Error: {kind}: {msg}",
+                 f"I could not run {want.name}: {msg}")
+    return out
+
+
+_FOLLOW_UPS = ["What was your last answer?", "Can you repeat that?", "Remind me what you found.",
+               "Say that again, please.", "What did you tell me before?"]
+
+
+def memory_samples(rng: random.Random) -> list[dict[str, Any]]:
+    """A follow-up about the previous exchange, answered from the chat history without a tool."""
+    tools = _distractors(rng, set(), rng.randint(1, 3))
+    name = "image/" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) + ".png"
+    measure, place = rng.choice(_MEASURES), rng.choice(_PLACES)
+    earlier = rng.choice([
+        (f"Detect the edges of {name}.", f"Result saved as {name[:-4]}_edge.png"),
+        (f"What is the {measure} in {place}?", f"The {measure} in {place}: {rng.choice(['low', 'high', 'calm'])}."),
+        (f"Compute {_word(rng)}({rng.randint(0, 99)}).", f"The result is {rng.randint(0, 999)}."),
+    ])
+    past = [P.Exchange(*earlier)]
+    if rng.random() < 0.6:  # attachments announced first, as the agent does
+        for modality, ext in rng.sample([("image", ".png"), ("audio", ".wav"), ("video", ".mp4")], rng.randint(1, 2)):
+            stem = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8))
+            past.insert(0, P.Exchange(*P.render_announcement(f"{modality}/{stem}{ext}", modality, "A file.")))
+    history = P.render_history(past, "full")
+    specs = [t.spec() for t in tools]
+    prompt = P.render_prompt(specs, rng.choice(_FOLLOW_UPS), chat_history=history)
+    return [{"kind": "memory", "prompt": prompt, "prefill": "", "tools": [t.name for t in tools],
+             "output": f"{P.THOUGHT_NO}\n{P.AI_PREFIX}: {earlier[1]}"}]
+
+
 GENERATORS = {"expr": expr_samples, "place": place_samples, "forced": forced_samples,
-              "record": record_samples, "unicode": unicode_samples}
+              "record": record_samples, "unicode": unicode_samples, "error": error_samples,
+              "memory": memory_samples}
 
 
 def generate_calls(n_episodes: int, seed: int = 0) -> list[dict[str, Any]]:

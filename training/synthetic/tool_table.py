@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ibllm_agent.tools.catalog import INPUT_FIELDS, RUNTIME_DESCRIPTIONS
+from ibllm_agent.tools.speech import TRANSCRIBE_DESCRIPTION
 
 TRANSCRIBE = "Transcribe Speech From Audio"
 VIDEO_DETECT = "Detect Objects In Video"
@@ -22,11 +23,7 @@ DETECT = "Detect the Give Object"
 CAPTION = "Get Photo Description"
 
 EXPERT_DESCRIPTIONS = {
-    TRANSCRIBE: (
-        "useful when you want to know what is said in an audio clip or a recording, like: transcribe "
-        "this recording, or what does the speaker say. The input to this tool should be a comma separated "
-        "string of one or two, representing the audio_path and optionally the language"
-    ),
+    TRANSCRIBE: TRANSCRIBE_DESCRIPTION,
     VIDEO_DETECT: (
         "useful when you want to know which objects appear in a video clip and when, like: what is in this "
         "video, or find the cat in this clip. The input to this tool should be a comma separated string of "
