@@ -121,6 +121,9 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(9, cfg) == pytest.approx(1e-2)
     assert lr_at(99, cfg) == pytest.approx(1e-3, rel=1e-2)
     assert lr_at(50, cfg) < lr_at(20, cfg)
+    timed = LMStageConfig(steps=10_000, warmup=10, lr=1e-2, min_lr=1e-3, time_budget_s=60.0)
+    assert lr_at(20, timed, elapsed_s=60.0) == pytest.approx(1e-3)  # the clock ends the schedule
+    assert lr_at(20, timed, elapsed_s=30.0) == pytest.approx(5.5e-3, rel=1e-2)
 
 
 def test_encode_pairs_marks_the_prompt_and_drops_long_pairs(small_tokenizer):

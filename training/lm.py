@@ -32,8 +32,8 @@ class LMStageConfig:
     """Optimiser and schedule of the stage.
 
     batch_tokens: padded tokens per step (rows of similar length are batched together).
-    time_budget_s: stop early when the wall clock says so (``None``: run all ``steps``); the cosine
-        schedule is laid over ``steps``, so a budget cut ends at a higher learning rate.
+    time_budget_s: stop when the wall clock says so (``None``: run all ``steps``); the cosine schedule
+        ends at whichever of ``steps`` and the budget comes first.
     """
 
     steps: int = 1000
@@ -108,10 +108,15 @@ def _collate(examples: list[Example], idx: list[int], prompt_w: float, device: t
     return ids.to(device), mask.to(device), w.to(device)
 
 
-def lr_at(step: int, cfg: LMStageConfig) -> float:
+def lr_at(step: int, cfg: LMStageConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then a cosine to ``min_lr`` over whichever ends first: the ``steps`` or the
+    ``time_budget_s`` (so a run cut by the clock still ends at the low learning rate)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.time_budget_s:
+        frac = max(frac, elapsed_s / cfg.time_budget_s)
+    frac = min(1.0, frac)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
@@ -139,7 +144,7 @@ def train_lm(model, examples: list[Example], cfg: LMStageConfig,
         if cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s:
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg, time.monotonic() - start)
         ids, mask, w = _collate(examples, next(batches), cfg.prompt_loss_weight, device)
         # Visual input None: the bare LM (closed gates would add nothing anyway).
         logits, _ = model(ids, attention_mask=mask)  # [B, T, V]
