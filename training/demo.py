@@ -41,7 +41,9 @@ class DemoRecipe:
     context_length: int = 1024
     call_episodes: int = 600
     forced_fraction: float = 0.3  # GPT4Tools action samples also seen after a tool_choice prefill
-    lm: LMStageConfig = field(default_factory=lambda: LMStageConfig(steps=3000, max_len=640))
+    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig overrides (counts)
+    copy_pairs: int = 3000  # short "repeat this" pairs: cheap tokens that teach copying (induction)
+    lm: LMStageConfig = field(default_factory=lambda: LMStageConfig(steps=3000, max_len=640, prompt_loss_weight=0.5))
 
 
 # -- pairs ---------------------------------------------------------------------------------------------
@@ -93,6 +95,43 @@ def synthetic_pairs(data_dir: Path, recipe: DemoRecipe) -> list[tuple[str, str]]
                 pairs.append((format_chat(past, user, template=TEMPLATE), " " + gpt["value"]))
                 past.append((user, gpt["value"]))
     return pairs
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def copy_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """Short pairs whose answer repeats a random item of the prompt: file names, function names,
+    numbers, places, names in other scripts. The tool-use answers are mostly such copies (the file
+    from the request, the tool from the list, the value from the request); a small model learns the
+    copying itself far faster from many short sequences than from long prompts alone."""
+    from ibllm_agent.training.calls import _PLACES, _SCRIPTS
+
+    rng = random.Random(f"copy-{seed}")
+
+    def item() -> str:
+        kind = rng.randrange(5)
+        if kind == 0:
+            modality, ext = rng.choice([("image", ".png"), ("audio", ".wav"), ("video", ".mp4")])
+            return f"{modality}/" + "".join(rng.choice(_LETTERS) for _ in range(8)) + ext
+        if kind == 1:
+            return rng.choice(["get", "find", "count", "check", "convert"]) + "_" + "".join(
+                rng.choice(["ka", "zo", "ri", "mu", "te", "lan", "vi", "nox", "ta", "fi"]) for _ in range(rng.randint(2, 3)))
+        if kind == 2:
+            return str(rng.randint(0, 9999))
+        if kind == 3:
+            return rng.choice(_PLACES)
+        script = rng.choice(_SCRIPTS)
+        return "".join(rng.choice(script) for _ in range(rng.randint(2, 5)))
+
+    out = []
+    for _ in range(n):
+        items = [item() for _ in range(rng.randint(1, 4))]
+        want = rng.randrange(len(items))
+        listing = "\n".join(f"{i + 1}. {x}" for i, x in enumerate(items))
+        prompt = format_prompt(f"Repeat item {want + 1} exactly.\n{listing}", None, TEMPLATE)
+        out.append((prompt, " " + items[want]))
+    return out
 
 
 def call_pairs(samples: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -178,8 +217,9 @@ def run(out: Path, recipe: DemoRecipe | None = None, *, work: Path | None = None
     with tempfile.TemporaryDirectory(prefix="ibllm-demo-") as tmp:
         work = Path(work) if work is not None else Path(tmp)
         data = work / "data"
-        generate(data, SyntheticConfig(seed=recipe.seed))
-        pairs = synthetic_pairs(data, recipe) + call_pairs(generate_calls(recipe.call_episodes, recipe.seed))
+        generate(data, SyntheticConfig(seed=recipe.seed, **recipe.synthetic))
+        pairs = (synthetic_pairs(data, recipe) + call_pairs(generate_calls(recipe.call_episodes, recipe.seed))
+                 + copy_pairs(recipe.copy_pairs, recipe.seed))
         tokenizer = train_tokenizer(pairs, work / "tokenizer.model", recipe.vocab_size)
         examples = encode_pairs(tokenizer, pairs, recipe.lm.max_len)
         log(f"{len(examples)} training pairs, {sum(len(e.ids) for e in examples):,} tokens; "
