@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibllm_agent.agent.limits import AgentLimits, TurnLocks
 from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
 from ibllm_agent.agent.models import ModelPool
 from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
@@ -252,7 +253,11 @@ class Agent:
         describe: Callable[[StoredFile], str | None] | None = None,
         owns_memory: bool = True,
         chat_model: Any = None,
+        limits: AgentLimits | None = None,
     ):
+        self.limits = limits or AgentLimits()
+        self.turn_locks = TurnLocks.for_sqlite(memory.path, self.limits.turn_wait_s) \
+            if memory.kind == "sqlite" else TurnLocks(None, self.limits.turn_wait_s)
         self.graph = graph
         self.chat_model = chat_model  # the LangChain chat model the graph calls
         self.memory = memory
@@ -422,14 +427,19 @@ class Agent:
     def stream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
                     *, stream_tokens: bool = True) -> Iterator[TurnEvent]:
         """Run one turn, yielding ``TurnEvent``s: answer tokens as they are generated, each tool
-        call and result, and finally ``done`` with the ``TurnResult``."""
-        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments)
-        streamed: list[str] = []
-        modes = ["updates", "messages"] if stream_tokens else ["updates"]
-        for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
-                                               durability="sync"):
-            yield from _events(mode, payload, streamed)
-        yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
+        call and result, and finally ``done`` with the ``TurnResult``.
+
+        One turn runs per thread at a time: a turn sent while another runs on the same thread (in
+        this process, or in another one sharing the SQLite file) waits for it, and after
+        ``limits.turn_wait_s`` raises ``ThreadBusyError`` — it is never lost or interleaved."""
+        with self.turn_locks.hold(str(thread_id)):
+            thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments)
+            streamed: list[str] = []
+            modes = ["updates", "messages"] if stream_tokens else ["updates"]
+            for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
+                                                   durability="sync"):
+                yield from _events(mode, payload, streamed)
+            yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
 
     async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
                            *, stream_tokens: bool = True) -> AsyncIterator[TurnEvent]:
@@ -540,6 +550,7 @@ def build_agent(
     system_prompt: str | None = None,
     middleware: Sequence[Any] = (),
     cache_dir: str | Path | None = None,
+    limits: AgentLimits | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
@@ -568,6 +579,8 @@ def build_agent(
             modalities); without one (or when it returns nothing) a neutral description is used.
         system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
         cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
+        limits: ``AgentLimits`` — tool time limit, observation size, wait for a busy thread
+            (defaults: 300 s, 4000 characters, 120 s; see ``ibllm_agent.agent.limits``).
     """
     from langchain.agents import create_agent
 
@@ -582,12 +595,14 @@ def build_agent(
         raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
     if invalid_retries < 0:
         raise ConfigError(f"invalid_retries must be >= 0, got {invalid_retries}")
+    limits = limits or AgentLimits()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     if pool is None:
-        if device is None:
-            from ibllm_agent.config import get_settings
+        from ibllm_agent.config import get_settings, resolve_device
 
+        if device is None:
             device = get_settings().device
+        resolve_device(device or "auto")  # a device this machine lacks is a start-up error
         pool = ModelPool(device=device or "auto", budget=model_budget)
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
@@ -599,11 +614,12 @@ def build_agent(
             tool_list,
             system_prompt=system_prompt,
             middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), InvalidStepMiddleware(invalid_retries),
-                        ToolGuardMiddleware(ws, pool), *middleware],
+                        ToolGuardMiddleware(ws, pool, limits), *middleware],
             checkpointer=mem.saver,
         )
     except BaseException:
         mem.close()
         raise
     return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
-                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat)
+                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat,
+                 limits=limits)

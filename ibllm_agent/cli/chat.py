@@ -25,11 +25,14 @@ import typer
 from ibllm_agent.cli.run import (
     CACHE_OPT,
     DEVICE_OPT,
+    MAX_OBSERVATION_OPT,
     MEMORY_OPT,
     MODEL_OPT,
     NO_TOOLS_OPT,
     THREAD_OPT,
     TOOL_OPT,
+    TOOL_TIMEOUT_OPT,
+    TURN_WAIT_OPT,
     WORKSPACE_OPT,
     make_agent,
 )
@@ -161,10 +164,15 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed per turn."),
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
+        tool_timeout: float = TOOL_TIMEOUT_OPT,
+        max_observation_chars: int = MAX_OBSERVATION_OPT,
+        turn_wait: float = TURN_WAIT_OPT,
     ) -> None:
+        from ibllm_agent.agent.limits import AgentLimits
         from ibllm_agent.errors import IbllmError
 
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
+        limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:

@@ -57,6 +57,19 @@ CACHE_OPT = typer.Option(
 )
 
 
+TOOL_TIMEOUT_OPT = typer.Option(
+    300.0, "--tool-timeout", min=0, help="Seconds a tool call may run before the model gets a time-limit "
+    "error observation and the turn goes on (0: no limit)."
+)
+MAX_OBSERVATION_OPT = typer.Option(
+    4000, "--max-observation-chars", min=200, help="Tool output longer than this is cut, with a note to the model."
+)
+TURN_WAIT_OPT = typer.Option(
+    120.0, "--turn-wait", min=0, help="Seconds to wait for a turn already running on the same thread "
+    "(also in another process) before refusing this one (0: refuse at once)."
+)
+
+
 def make_agent(
     model: str,
     memory: str | None,
@@ -66,6 +79,7 @@ def make_agent(
     max_steps: int,
     device: str | None,
     cache: Path | None = None,
+    limits: Any = None,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up)."""
     from ibllm_agent.agent import build_agent
@@ -81,6 +95,7 @@ def make_agent(
         max_steps=max_steps,
         device=settings.device,
         cache_dir=settings.visual_cache,
+        limits=limits,
     )
 
 
@@ -109,11 +124,17 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        tool_timeout: float = TOOL_TIMEOUT_OPT,
+        max_observation_chars: int = MAX_OBSERVATION_OPT,
+        turn_wait: float = TURN_WAIT_OPT,
     ) -> None:
+        from ibllm_agent.agent.limits import AgentLimits
+
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
                              thermal=thermal, imu=imu)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
+        limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits)
         with agent:
             if json_out:
                 result = agent.send(thread_id, prompt, files)

@@ -38,7 +38,17 @@ from .errors import (
 )
 from .image import IMAGE_SIZE, open_pil
 from .limits import MediaLimits
-from .sources import describe, is_bytes, is_filelike, is_path, native_order, numeric_tensor, read_bytes, short, suffix
+from .sources import (
+    describe,
+    is_bytes,
+    is_filelike,
+    is_path,
+    native_order,
+    numeric_tensor,
+    read_bytes,
+    short,
+    suffix,
+)
 
 IMU_CHANNELS = 6
 IMU_LENGTH = 2000
