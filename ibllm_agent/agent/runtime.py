@@ -145,7 +145,7 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     return events
 
 
-def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
+def load_chat_model(model: Any, cache_dir: str | Path | None = None, **chat_options: Any) -> Any:
     """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
 
     - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
@@ -158,6 +158,9 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
     ``cache_dir``: a ``VisualCache`` folder loaded onto the ImageBind-LLM the chat model is built
     around (media encodings then become cache-enhanced); an error for a ready-made chat model.
 
+    ``chat_options``: ``ChatImageBindLLM`` fields for a model built here (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, …); an error for a ready-made chat model.
+
     Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
     tool, malformed ``Action``) itself with an error observation and retries them
     (``build_agent(invalid_retries=2)``), so the attempts stay visible in the thread.
@@ -166,6 +169,11 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
 
     cache = None if cache_dir is None else str(Path(cache_dir).expanduser())
     if isinstance(model, BaseChatModel):
+        if chat_options:
+            raise ConfigError(
+                f"chat options {sorted(chat_options)} apply to models built from a preset, folder or "
+                "TextGenerator; set them on a ready-made chat model itself"
+            )
         if cache is not None:
             raise ConfigError(
                 "cache_dir applies to models built from a preset, folder or TextGenerator; give a ready-made "
@@ -176,7 +184,7 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
     from ibllm_agent.types import TextGenerator
 
     if isinstance(model, TextGenerator):
-        return ChatImageBindLLM(model=model, cache_dir=cache)
+        return ChatImageBindLLM(model=model, cache_dir=cache, **chat_options)
     if not isinstance(model, (str, Path)):
         raise ConfigError(
             f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
@@ -186,7 +194,7 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(preset="tiny", max_new_tokens=64, cache_dir=cache)
+        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **chat_options})
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
@@ -199,11 +207,11 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
             raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache)
+        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache, **chat_options)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
-    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache)
+    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **chat_options)
 
 
 def _resolve_tools(tools: Any) -> list[Any]:
@@ -551,6 +559,7 @@ def build_agent(
     middleware: Sequence[Any] = (),
     cache_dir: str | Path | None = None,
     limits: AgentLimits | None = None,
+    chat_options: dict[str, Any] | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
@@ -581,6 +590,8 @@ def build_agent(
         cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
         limits: ``AgentLimits`` — tool time limit, observation size, wait for a busy thread
             (defaults: 300 s, 4000 characters, 120 s; see ``ibllm_agent.agent.limits``).
+        chat_options: ``ChatImageBindLLM`` fields for the chat model built from ``model``
+            (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``; see ``load_chat_model``).
     """
     from langchain.agents import create_agent
 
@@ -608,7 +619,7 @@ def build_agent(
     mem = open_memory(memory)
     try:
         tool_list = _resolve_tools(tools)
-        chat = load_chat_model(model, cache_dir)
+        chat = load_chat_model(model, cache_dir, **(chat_options or {}))
         graph = create_agent(
             chat,
             tool_list,

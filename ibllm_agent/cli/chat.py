@@ -29,15 +29,21 @@ import typer
 from ibllm_agent.cli.run import (
     CACHE_OPT,
     DEVICE_OPT,
+    MAX_NEW_TOKENS_OPT,
     MAX_OBSERVATION_OPT,
     MEMORY_OPT,
     MODEL_OPT,
     NO_TOOLS_OPT,
+    SEED_OPT,
+    SYSTEM_OPT,
+    TEMPERATURE_OPT,
     THREAD_OPT,
     TOOL_OPT,
     TOOL_TIMEOUT_OPT,
+    TOP_P_OPT,
     TURN_WAIT_OPT,
     WORKSPACE_OPT,
+    generation_options,
     make_agent,
 )
 from ibllm_agent.cli.terminal import LineEditor, printable
@@ -203,12 +209,18 @@ def register(app: typer.Typer) -> None:
         tool_timeout: float = TOOL_TIMEOUT_OPT,
         max_observation_chars: int = MAX_OBSERVATION_OPT,
         turn_wait: float = TURN_WAIT_OPT,
+        max_new_tokens: int | None = MAX_NEW_TOKENS_OPT,
+        temperature: float | None = TEMPERATURE_OPT,
+        top_p: float | None = TOP_P_OPT,
+        seed: int | None = SEED_OPT,
+        system: str | None = SYSTEM_OPT,
     ) -> None:
         from ibllm_agent.agent.limits import AgentLimits
         from ibllm_agent.errors import IbllmError
 
         limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits,
+                           generation_options(max_new_tokens, temperature, top_p, seed), system)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:
