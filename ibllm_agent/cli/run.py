@@ -5,7 +5,8 @@
 
 ``--json`` prints ``{"thread_id", "answer", "tool_calls": [{name, args, output, status}], "files",
 "attachments", "stop_reason", "workspace", "visual_cache": {"folder", "applied", "k", "t", "alpha",
-"reason"}}``. ``--model scripted:outputs.json`` replays a JSON list
+"reason"}}`` (plus ``"grounding"`` with ``--ground``, the detection cascade: ``{"image", "nouns",
+"found", "missing", "file", "summary"}``). ``--model scripted:outputs.json`` replays a JSON list
 of model outputs (a testing aid: the CLI without weights).
 """
 
@@ -169,6 +170,13 @@ def cache_report(agent: Any, attachments: list[Any]) -> dict[str, Any]:
     return report
 
 
+def _ground(agent: Any, result: Any) -> Any:
+    from ibllm_agent.cli.tool import TOOL_LOADERS
+    from ibllm_agent.tools.cascade import ground_turn
+
+    return ground_turn(agent, result, loaders=TOOL_LOADERS)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run", help="Run one agent turn: a prompt plus optional media; prints the answer.")
     def run(
@@ -201,6 +209,10 @@ def register(app: typer.Typer) -> None:
         top_p: float | None = TOP_P_OPT,
         seed: int | None = SEED_OPT,
         system: str | None = SYSTEM_OPT,
+        ground: bool = typer.Option(
+            False, "--ground", help="Detection cascade: find the answer's nouns in the image with the detector "
+            "and save the annotated image (needs the groundingdino_swint_ogc weights)."
+        ),
     ) -> None:
         from ibllm_agent.agent.limits import AgentLimits
 
@@ -217,14 +229,20 @@ def register(app: typer.Typer) -> None:
                 data = result.to_dict()
                 data["workspace"] = str(agent.workspace.thread(thread_id).root)
                 data["visual_cache"] = cache_report(agent, files)
+                if ground:
+                    data["grounding"] = _ground(agent, result)
                 import json
 
                 typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
                 return
             result = None
+            from ibllm_agent.cli.terminal import printable
+
+            # On a terminal, model text is shown with control characters escaped (no cursor moves).
+            shown = printable if sys.stdout.isatty() else str
             for event in agent.stream_turn(thread_id, prompt, files):
                 if event.kind == "token":
-                    sys.stdout.write(event.text)
+                    sys.stdout.write(shown(event.text))
                     sys.stdout.flush()
                 elif event.kind == "tool_call" and event.status == "invalid":
                     typer.echo(f"\n[invalid step] {event.name or '(no tool named)'}", err=True)
@@ -235,6 +253,13 @@ def register(app: typer.Typer) -> None:
                 elif event.kind == "done":
                     result = event.result
             sys.stdout.write("\n")
+            if result is not None and ground:
+                grounding = _ground(agent, result)
+                if grounding is None:
+                    typer.echo("grounding: no image in this thread", err=True)
+                else:
+                    where = f" ({grounding['file']})" if grounding["file"] else ""
+                    typer.echo(f"grounding: {grounding['summary']}{where}", err=True)
             if result is not None and result.files:
                 typer.echo(f"files: {', '.join(result.files)}", err=True)
             typer.echo(f"thread: {thread_id}", err=True)
