@@ -42,7 +42,7 @@ def _root(
 
 # Order here is the order in --help.
 _COMMAND_MODULES = [
-    "chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info",
+    "chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "pull", "download", "info",
 ]
 
 

@@ -36,9 +36,9 @@ def resolve_model_spec(spec: str) -> str:
     folder = Path(get_settings().weights_dir) / "demo"
     if not (folder / "config.json").is_file():
         raise ConfigError(
-            f"the demo model is not installed: expected a model folder at {folder}. Convert the official "
-            f"checkpoint into it (ibllm-agent download imagebind_llm_7b llama_7b, then ibllm-agent convert "
-            f"--official ... --llama-dir ... --out {folder}), or pass --model DIR|tiny"
+            f"the demo model is not installed: expected a model folder at {folder}. Fetch and convert it with "
+            "`ibllm-agent pull imagebind-llm-7b` (LLaMA-7B must be placed by hand first; the command says where), "
+            "or pass --model DIR|tiny"
         )
     return str(folder)
 

@@ -1,0 +1,91 @@
+"""`ibllm-agent pull`: fetch (stubbed: no network here), check LLaMA, merge the Open-Chinese delta,
+convert — resumable and idempotent — on tiny Meta-layout weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_convert import make_meta, make_official, write_meta_folder
+
+from ibllm_agent.cli import pull as pull_cli
+from ibllm_agent.errors import ManualWeightMissingError
+from ibllm_agent.model import ImageBindLLM
+from ibllm_agent.model.tokenizer import tiny_tokenizer
+
+
+@pytest.fixture
+def weights(tmp_path, monkeypatch):
+    root = tmp_path / "weights"
+    monkeypatch.setenv("IBLLM_WEIGHTS_DIR", str(root))
+    fetched: list[str] = []
+
+    def fake_fetch(name, settings=None, **kw):  # the registry files, as a finished download leaves them
+        fetched.append(name)
+        if name == "open_chinese_llama_7b_delta":
+            delta_dir = root / "llama" / "7B_chinese_delta"
+            delta_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(DELTA, delta_dir / "consolidated.00.pth")
+            shutil.copyfile(root / "llama" / "7B" / "params.json", delta_dir / "params.json")
+        return root
+
+    monkeypatch.setattr("ibllm_agent.download.fetch_weight", fake_fetch)
+    return root, fetched
+
+
+g = torch.Generator().manual_seed(0)
+TOK = tiny_tokenizer()
+META = make_meta(g, TOK.vocab_size)
+OFFICIAL = make_official(g)
+DELTA = {k: (torch.randn(v.shape, generator=g) * 0.01).half() for k, v in META.items() if "rope" not in k}
+
+
+def _place_llama_and_adapter(root):
+    write_meta_folder(root / "llama", META, TOK.path, shards=1)
+    (root / "imagebind_llm").mkdir(parents=True)
+    torch.save({"model": OFFICIAL}, root / "imagebind_llm" / "7B.pth")
+
+
+def test_missing_llama_says_which_file_goes_where(weights):
+    root, fetched = weights
+    with pytest.raises(ManualWeightMissingError) as info:
+        pull_cli.pull("imagebind-llm-7b", encoder="tiny_w3d", encoder_weights=None, say=lambda m: None)
+    assert fetched == ["imagebind_llm_7b", "imagebind_w3d"]  # what can be fetched was, first
+    msg = str(info.value)
+    assert str(root / "llama" / "7B" / "params.json") in msg and "consolidated.00.pth" in msg
+
+
+def test_pull_merges_the_delta_converts_and_is_idempotent(weights):
+    root, fetched = weights
+    _place_llama_and_adapter(root)
+    out = pull_cli.pull("imagebind-llm-7b", encoder="tiny_w3d", encoder_weights=None, say=lambda m: None)
+    assert out == root / "demo" and fetched == ["imagebind_llm_7b", "imagebind_w3d", "open_chinese_llama_7b_delta"]
+    merged = torch.load(root / "llama" / "7B_chinese" / "consolidated.00.pth", weights_only=True)
+    for k, d in DELTA.items():
+        assert torch.equal(merged[k], (META[k].float() + d.float()).half())
+    # The converted model runs on the merged base: its embeddings are LLaMA + delta, not LLaMA.
+    base = load_file(out / "base.safetensors")
+    emb = next(v for k, v in base.items() if "embed_tokens" in k)
+    assert torch.equal(emb.to(torch.float16), merged["tok_embeddings.weight"])
+    assert ImageBindLLM.from_pretrained(out, device="cpu").config.lora_rank > 0
+
+    # Again: nothing is fetched, merged or converted.
+    fetched.clear()
+    before = (out / "config.json").stat().st_mtime_ns
+    assert pull_cli.pull("imagebind-llm-7b", encoder="tiny_w3d", encoder_weights=None, say=lambda m: None) == out
+    assert fetched == [] and (out / "config.json").stat().st_mtime_ns == before
+
+
+def test_pull_after_an_interrupted_merge_resumes(weights):
+    root, fetched = weights
+    _place_llama_and_adapter(root)
+    (root / "llama" / "7B_chinese").mkdir(parents=True)
+    (root / "llama" / "7B_chinese" / "consolidated.00.pth.part").write_bytes(b"half a file")
+    out = pull_cli.pull("imagebind-llm-7b", base="7B_chinese", encoder="tiny_w3d", encoder_weights=None,
+                        say=lambda m: None)
+    assert json.loads((out / "config.json").read_text())
+    assert (root / "llama" / "7B_chinese" / "consolidated.00.pth").is_file()
+    assert not (root / "llama" / "7B_chinese" / "consolidated.00.pth.part").exists()
