@@ -122,3 +122,18 @@ def test_run_json_reports_the_visual_cache_and_fused_inputs(files, tmp_path):
     assert data["answer"] == "A red picture." and len(data["attachments"]) == 2
     assert data["visual_cache"]["applied"] is False and "no visual cache" in data["visual_cache"]["reason"]
     assert "note: 2 inputs are fused into one embedding" in proc.stderr and "×0.7" in proc.stderr
+
+
+def test_generation_controls_and_system_reach_the_model(tmp_path):
+    from ibllm_agent.cli.run import generation_options, make_agent
+
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps(["ok"]))
+    agent = make_agent(f"scripted:{outputs}", "memory", tmp_path / "ws", [], True, 8, None, None, None,
+                       generation_options(7, 0.0, 0.9, 5), "Answer like a pirate.")
+    with agent:
+        assert agent.send("t", "hello").answer == "ok"
+    prompt, _media, sampling = agent.chat_model.model.calls[0]
+    assert (sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed) == (7, 0.0, 0.9, 5)
+    assert "Answer like a pirate." in prompt
+    assert generation_options(None, None, None, None) == {}
