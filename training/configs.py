@@ -247,7 +247,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             raise ConfigError(f"unexpected argument {arg!r}; overrides are --key value")
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")
-        if key not in known:
+        if key not in known or key == "stage":
             raise ConfigError(f"unknown option --{key.replace('_', '-')}; see --help for the config fields")
         if not eq:
             if known[key] is bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
@@ -267,6 +267,8 @@ def help_text() -> str:
     lines = []
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "stage":  # the positional STAGE
+            continue
         tp = field_types()[f.name]
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         default = getattr(defaults, f.name)

@@ -228,3 +228,32 @@ def encode_store(refs: list[Path | TarMember], model: Any, out_dir: str | Path, 
         _write_atomic(index_path, json.dumps(index).encode("utf-8"))
     return EncodeReport(out, n_images, encoded, reused, len(unreadable), unreadable[:20],
                         time.perf_counter() - t0)
+
+
+def encode_data(cfg: Any, out_dir: str | Path | None = None, *, batch_size: int = 32) -> EncodeReport:
+    """The ``encode`` step of a recipe: every image of ``cfg.data`` -> the store at ``out_dir`` (default:
+    ``cfg.features``), encoded by the ImageBind of ``cfg.model``. Resumable; one process."""
+    from ibllm_agent.errors import ConfigError
+    from ibllm_agent.training.data.dataset import load_examples
+    from ibllm_agent.training.engine import build_model
+
+    target = out_dir or cfg.features
+    if not target:
+        raise ConfigError("encode needs an output folder: set `features` in the config or pass --features DIR")
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg, device, None)
+    examples, report = load_examples(cfg.data, cfg.data_format, cfg.image_root, cfg.template, cfg.on_error)
+    refs = [ex.image for ex in examples if ex.image is not None]
+    if not refs:
+        raise DataError(f"the data has no images to encode ({report.summary()})")
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(set(refs)), desc="encode", unit="img")
+    try:
+        return encode_store(refs, model, target, batch_size=batch_size,
+                            progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
