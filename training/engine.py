@@ -249,9 +249,9 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, d = self.cfg, self.d
         t0 = time.perf_counter()
+        examples, report = load_examples(cfg.data, cfg.data_format, cfg.image_root, cfg.template, cfg.on_error)
         _seed_all(cfg.seed)  # model init identical on every rank
         model = build_model(cfg, d.device, self.amp if d.device.type == "cuda" else None)
-        examples, report = load_examples(cfg.data, cfg.data_format, cfg.image_root, cfg.template, cfg.on_error)
         store = None
         if cfg.features:
             from ibllm_agent.training.features import FeatureStore
