@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from training_fixtures import one_thread  # noqa: F401 (autouse)
+
 from ibllm_agent.model.tokenizer import tiny_tokenizer
 from ibllm_agent.training.data.dataset import IGNORE_INDEX, PAD_INPUT, TrainDataset, collate, load_examples
 from ibllm_agent.training.data.records import DataError, TarMember

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from training_fixtures import make_alpaca
+from training_fixtures import make_alpaca, one_thread  # noqa: F401 (autouse)
 
 from ibllm_agent.model.checkpoint import read_safetensors
 from ibllm_agent.training import run

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from training_fixtures import make_alpaca, make_caption_tsv
+from training_fixtures import make_alpaca, make_caption_tsv, one_thread  # noqa: F401 (one_thread: autouse)
 
 from ibllm_agent.errors import CheckpointError, ConfigError
 from ibllm_agent.training import load_config, run
@@ -126,6 +126,10 @@ def test_pretrain_from_features_trains_only_the_visual_path(data, tmp_path):
     assert not any(".lora_" in n or n.endswith("norm.weight") and n.startswith("lm.") for n in names)
     rows = list(csv.DictReader(open(r.output_dir / "metrics.csv")))
     assert float(rows[-1]["gate_abs"]) > 0  # gates left zero
+    # encoding every step (the reference's way) trains the same: the stored features are the model's own
+    live = run("pretrain", "tiny_pretrain.yaml", data=[str(data["tsv"])], output_dir=str(tmp_path / "live"),
+               lr=5e-2, max_steps=3, export=False)
+    assert live.losses == pytest.approx(r.losses, rel=1e-3)  # float16 storage
 
 
 def test_incompatible_runs_are_refused_before_compute(data, tmp_path):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20),
           "white": (250, 250, 250), "black": (5, 5, 5), "purple": (150, 20, 160), "orange": (250, 140, 10)}
 
@@ -36,3 +39,13 @@ def make_alpaca(root: Path, n: int = 8) -> Path:
     path = root / "alpaca.json"
     path.write_text(json.dumps(recs), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than two threads on shared cores (measured here:
+    0.75 ms vs 12 ms per tiny matmul under load); imported by the training test modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -53,7 +53,8 @@ class TrainResult:
     model_dir: Path | None = None  # export/model
     data: DataReport = field(default_factory=DataReport)
     tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # whole run (setup, steps, saves, export)
+    train_seconds: float = 0.0  # the steps only: data loading, (encoding,) forward/backward, optimizer
     world_size: int = 1
     lr: float = 0.0
 
@@ -309,6 +310,7 @@ class Trainer:
             bar = tqdm(total=stop_at, initial=start, desc=f"train {cfg.stage}", unit="step")
         losses: list[float] = []
         tokens_total = 0
+        train_seconds = 0.0
         last_ckpt = resume_from
         params = [p for _, p in trainable]
         step = start
@@ -336,6 +338,7 @@ class Trainer:
                     else:
                         opt.step()
                     opt.zero_grad(set_to_none=True)
+                    train_seconds += time.perf_counter() - tw
                     step += 1
                     losses.append(loss)
                     tokens_total += ntok
@@ -355,7 +358,7 @@ class Trainer:
             if logger is not None:
                 logger.close()
         result = TrainResult(self.out, cfg.stage, step, losses, last_ckpt, data=report, tokens=tokens_total,
-                             world_size=d.world, lr=base_lr)
+                             world_size=d.world, lr=base_lr, train_seconds=train_seconds)
         if cfg.export and d.rank == 0:
             result.release, result.model_dir = ckpt.export_release(model, self.out / "export")
         if d.world > 1:
