@@ -116,6 +116,17 @@ def test_pretrain_from_features_trains_only_the_visual_path(data, tmp_path):
     rep = encode_data(cfg)
     assert rep.images == 8 and rep.encoded == 8 and FeatureStore(tmp_path / "f").index["rows"] == 8
     assert encode_data(cfg).reused == 8  # second run: nothing re-encoded
+    from ibllm_agent import media
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.training.data.dataset import content_key
+    from ibllm_agent.training.features import image_features
+
+    store, tiny = FeatureStore(tmp_path / "f"), ImageBindLLM.from_preset("tiny")
+    imgs = sorted((data["root"] / "images").glob("*.png"))[:2]
+    want = image_features(tiny, torch.stack([media.load(str(p), "image") for p in imgs]))
+    got = torch.stack([store.get(content_key(p)) for p in imgs])
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)  # float16 rows of the model's own features
+    assert not torch.allclose(got[0], got[1])
     r = run("pretrain", "tiny_pretrain.yaml", data=[str(data["tsv"])], features=str(tmp_path / "f"),
             output_dir=str(tmp_path / "p"), lr=5e-2, max_steps=3, export=True)
     from ibllm_agent.model.checkpoint import read_safetensors
