@@ -74,15 +74,61 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, features: torch.Te
     return logits
 
 
+class _LazyDeltas(dict):
+    """Per-layer δ computed when the layer's ``o_proj`` asks for it, i.e. INSIDE that layer's forward. Under
+    FSDP a layer's weights (``v_proj`` for δ) are only gathered while the layer runs, so the eager
+    ``model.injection`` (all δ up front) cannot be used there. Same values as ``model.injection``."""
+
+    def __init__(self, model: Any, visual: torch.Tensor, active: torch.Tensor):
+        super().__init__()
+        self.model, self.visual, self.active = model, visual, active
+        self.rows = {layer: row for row, layer in enumerate(model.config.layers)}
+
+    def get(self, layer_idx: int, default: Any = None) -> Any:
+        from ibllm_agent.model.injection import compute_delta
+
+        row = self.rows.get(layer_idx)
+        if row is None:
+            return default
+        c, attn = self.model.config, self.model.lm.model.layers[layer_idx].self_attn
+        d = compute_delta(self.visual, self.model.prefix_query.weight[row], attn.v_proj.weight, attn.gate,
+                          c.num_heads, c.num_kv_heads)
+        return d * self.active.to(d.device, d.dtype).view(-1, 1, 1)
+
+
+def forward_logits_sharded(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor,
+                           active: torch.Tensor) -> torch.Tensor:
+    """``forward_logits`` for FSDP-sharded layers (δ computed inside each layer, see ``_LazyDeltas``)."""
+    from ibllm_agent.model.injection import VisualInjection
+
+    visual = model.bind(features.to(model.bind.proj.weight.dtype))  # [B, 1, H]
+    logits, _ = model(input_ids, VisualInjection(_LazyDeltas(model, visual, active), visual))
+    return logits
+
+
 class _Step(nn.Module):
     """Wraps the model so DDP sees one forward per micro-batch."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, sharded: bool = False):
         super().__init__()
         self.model = model
+        self.fn = forward_logits_sharded if sharded else forward_logits
 
     def forward(self, input_ids, features, active):
-        return forward_logits(self.model, input_ids, features, active)
+        return self.fn(self.model, input_ids, features, active)
+
+
+def shard_fsdp(step: _Step, model: Any, amp: torch.dtype | None) -> nn.Module:
+    """FSDP2 (``fully_shard``): every decoder layer is its own unit (gathered only while it runs), the rest
+    (embeddings, head, bind network, prefix) the root unit. Frozen and trainable parameters share units;
+    with autocast the gathered weights are cast to the autocast dtype, gradients are reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp is not None else MixedPrecisionPolicy()
+    for layer in model.lm.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(step, mp_policy=mp)
+    return step
 
 
 def lr_at(epoch: float, cfg: TrainConfig, base_lr: float) -> float:
@@ -105,8 +151,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def gate_magnitude(model: nn.Module) -> float:
     """Mean |tanh(gate)| over every injected layer's heads (0 = visual path silent)."""
-    vals = [torch.tanh(p.detach().float()).abs().mean() for n, p in model.named_parameters() if n.endswith(".gate")]
+    vals = [torch.tanh(_full(p.detach()).float()).abs().mean() for n, p in model.named_parameters() if n.endswith(".gate")]
     return float(torch.stack(vals).mean()) if vals else 0.0
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor gathered (collective: call on every rank); plain tensors unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class ResumableSampler(DistributedSampler):
@@ -274,22 +329,29 @@ class Trainer:
         total = math.ceil(cfg.epochs * steps_per_epoch)
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
         base_lr = cfg.effective_lr(d.world)
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        names = [n for n, _ in trainable]
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=tuple(cfg.betas))
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
         scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
-        start = 0
+        start, resumed = 0, None
         resume_from = self._resume_source()
-        if resume_from is not None:
-            start = self._restore(resume_from, model, opt, names, len(ds))
-        if resume_from is None:
+        if resume_from is not None:  # trainables go in before sharding, the optimizer state after
+            start, resumed = self._restore(resume_from, model, names, len(ds))
+        else:
             _seed_all(cfg.seed + d.rank)  # per-rank streams (augmentation); a resume restores the saved ones
-        step_mod: nn.Module = _Step(model)
-        if d.world > 1:
+        self.fsdp = cfg.strategy == "fsdp" and d.world > 1
+        step_mod: nn.Module = _Step(model, sharded=self.fsdp)
+        if self.fsdp:
+            step_mod = shard_fsdp(step_mod, model, self.amp)
+        elif d.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             step_mod = DDP(step_mod, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        self.step_mod = step_mod
+        # After sharding: under FSDP the parameters are now sharded DTensors.
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=tuple(cfg.betas))
+        if resumed is not None:
+            self._restore_optimizer(opt, resumed, resume_from)
 
         placeholder = self._placeholder(model, store)
         loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
@@ -312,7 +374,6 @@ class Trainer:
         tokens_total = 0
         train_seconds = 0.0
         last_ckpt = resume_from
-        params = [p for _, p in trainable]
         step = start
         try:
             while step < stop_at:
@@ -331,7 +392,7 @@ class Trainer:
                     loss, ntok = self._window(step_mod, model, micro, placeholder, scaler)
                     if scaler is not None:
                         scaler.unscale_(opt)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"))
+                    grad_norm = _local(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf")))
                     if scaler is not None:
                         scaler.step(opt)
                         scaler.update()
@@ -342,9 +403,11 @@ class Trainer:
                     step += 1
                     losses.append(loss)
                     tokens_total += ntok
-                    if logger is not None and (step % cfg.log_every == 0 or step == stop_at):
+                    log_now = step % cfg.log_every == 0 or step == stop_at
+                    gates = gate_magnitude(model) if log_now else 0.0  # collective under FSDP: every rank
+                    if logger is not None and log_now:
                         logger.log({"step": step, "epoch": step / steps_per_epoch, "loss": loss, "lr": lr,
-                                    "grad_norm": float(grad_norm), "gate_abs": gate_magnitude(model),
+                                    "grad_norm": float(grad_norm), "gate_abs": gates,
                                     "tokens_per_s": ntok / max(time.perf_counter() - tw, 1e-9),
                                     "seconds": time.perf_counter() - t0})
                     if bar is not None:
@@ -359,8 +422,10 @@ class Trainer:
                 logger.close()
         result = TrainResult(self.out, cfg.stage, step, losses, last_ckpt, data=report, tokens=tokens_total,
                              world_size=d.world, lr=base_lr, train_seconds=train_seconds)
-        if cfg.export and d.rank == 0:
-            result.release, result.model_dir = ckpt.export_release(model, self.out / "export")
+        if cfg.export:
+            full = self._full_model(model)  # collective under FSDP
+            if d.rank == 0:
+                result.release, result.model_dir = ckpt.export_release(full, self.out / "export")
         if d.world > 1:
             dist.barrier()
         result.seconds = time.perf_counter() - t0
@@ -378,7 +443,10 @@ class Trainer:
         ce_sum = torch.zeros((), dtype=torch.float64)
         for i, b in enumerate(micro):
             sync = contextlib.nullcontext()
-            if d.world > 1 and i < len(micro) - 1:
+            last = i == len(micro) - 1
+            if self.fsdp:
+                step_mod.set_requires_gradient_sync(last)
+            elif d.world > 1 and not last:
                 sync = step_mod.no_sync()
             feats, active = self._visual(model, b, placeholder)
             ids, labels = b["input_ids"].to(d.device), b["labels"].to(d.device)
@@ -434,7 +502,7 @@ class Trainer:
 
     def _state(self, step: int, names: list[str], n_examples: int) -> dict[str, Any]:
         return {"step": step, "stage": self.cfg.stage, "phase": self.cfg.phase, "trainable": names,
-                "world": self.d.world, "examples": n_examples, "format": 1}
+                "world": self.d.world, "examples": n_examples, "strategy": self._strategy_kind(), "format": 1}
 
     def _save(self, step: int, model: Any, opt: Any, names: list[str], n_examples: int, scaler: Any) -> Path | None:
         rng = ckpt.rng_state()
@@ -443,19 +511,44 @@ class Trainer:
             dist.all_gather_object(states, rng)
         else:
             states = [rng]
+        if self.fsdp:  # full (unsharded) tensors gathered to rank 0; optimizer state keyed by parameter name
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            full = get_model_state_dict(self.step_mod, options=opts)
+            optim = get_optimizer_state_dict(self.step_mod, opt, options=opts)
+            tensors = {n: full.get(f"model.{n}") for n in names}
+        else:
+            own = dict(model.named_parameters())
+            tensors, optim = {n: own[n] for n in names}, opt.state_dict()
         path = None
         if self.d.rank == 0:
-            own = dict(model.named_parameters())
             state = self._state(step, names, n_examples)
-            state.update(optimizer=opt.state_dict(), rng=states,
-                         scaler=scaler.state_dict() if scaler is not None else None)
-            path = ckpt.save_checkpoint(self.out / "checkpoints", step, {n: own[n] for n in names}, state,
-                                        keep=self.cfg.keep_checkpoints)
+            state.update(optimizer=optim, rng=states, scaler=scaler.state_dict() if scaler is not None else None)
+            path = ckpt.save_checkpoint(self.out / "checkpoints", step, tensors, state, keep=self.cfg.keep_checkpoints)
         if self.d.world > 1:
             dist.barrier()
         return path if path is not None else ckpt.latest_checkpoint(self.out / "checkpoints")
 
-    def _restore(self, folder: Path, model: Any, opt: Any, names: list[str], n_examples: int) -> int:
+    def _full_model(self, model: Any) -> Any:
+        """The model with full tensors for export (under FSDP: an unsharded copy on rank 0's CPU)."""
+        if not self.fsdp:
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.step_mod, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.d.rank != 0:
+            return None
+        copy = build_model(self.cfg, torch.device("cpu"), None)
+        copy.load_state_dict({k[len("model."):]: v for k, v in full.items()}, strict=True)
+        return copy
+
+    def _restore(self, folder: Path, model: Any, names: list[str], n_examples: int) -> tuple[int, dict]:
+        """Trainables + RNG from ``folder`` (before sharding) -> (step, the saved state)."""
         trainable, state = ckpt.load_checkpoint(folder)
         expect = self._state(0, names, n_examples)
         for key in ("stage", "phase"):
@@ -467,6 +560,9 @@ class Trainer:
         if state.get("examples") != n_examples:
             raise CheckpointError(f"checkpoint {folder} was trained on {state.get('examples')} examples, the data now "
                                   f"gives {n_examples}: the data position cannot be restored")
+        if state.get("strategy", "ddp") != self._strategy_kind():
+            raise CheckpointError(f"checkpoint {folder} was written by a {state.get('strategy')} run; resume it with "
+                                  f"strategy {'fsdp' if state.get('strategy') == 'fsdp' else 'ddp/none'}")
         own = dict(model.named_parameters())
         with torch.no_grad():
             for n in names:
@@ -474,10 +570,21 @@ class Trainer:
                     raise CheckpointError(f"checkpoint {folder}: {n} has shape {tuple(trainable[n].shape)}, "
                                           f"model {tuple(own[n].shape)}")
                 own[n].copy_(trainable[n])
-        opt.load_state_dict(state["optimizer"])
         rng = state.get("rng") or []
         if state.get("world") == self.d.world and len(rng) == self.d.world:
             ckpt.set_rng_state(rng[self.d.rank])
         else:
             _seed_all(self.cfg.seed + self.d.rank + int(state["step"]))
-        return int(state["step"])
+        return int(state["step"]), state
+
+    def _restore_optimizer(self, opt: Any, state: dict, folder: Path) -> None:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.step_mod, opt, optim_state_dict=state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(state["optimizer"])
+
+    def _strategy_kind(self) -> str:
+        return "fsdp" if self.cfg.strategy == "fsdp" and self.d.world > 1 else "ddp"
