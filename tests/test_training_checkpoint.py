@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from ibllm_agent.training import checkpoint as ck
+from ibllm_agent.training.configs import bundled_configs, load_config, parse_overrides
 from typer.testing import CliRunner
 
 from ibllm_agent.errors import CheckpointError, ConfigError
-from ibllm_agent.training import checkpoint as ck
-from ibllm_agent.training.configs import bundled_configs, load_config, parse_overrides
 
 
 def _save(root, step, value):
@@ -98,3 +98,22 @@ def test_cli_train_help_and_errors(tmp_path):
     res = CliRunner().invoke(app, ["train", "finetune", "--config", "tiny_finetune.yaml",
                                    "--data", str(tmp_path / "none.json")])
     assert res.exit_code == 2 and "data file not found" in res.output
+
+
+def test_cli_encode_step_writes_a_store(tmp_path):
+    from training_fixtures import make_caption_tsv
+
+    from ibllm_agent.cli import _register_all, app
+    from ibllm_agent.training.features import FeatureStore
+
+    if not app.registered_commands:
+        _register_all()
+    tsv = make_caption_tsv(tmp_path / "d")
+    args = ["train", "encode", "--config", "tiny_pretrain.yaml", "--data", str(tsv), "--features", str(tmp_path / "f")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "8 distinct image(s): encoded 8" in res.output
+    store = FeatureStore(tmp_path / "f")
+    assert store.index["rows"] == 8 and store.dim == 64 and len(store.placeholder) == 64
+    res = CliRunner().invoke(app, ["train", "encode", "--config", "tiny_pretrain.yaml", "--data", str(tsv)])
+    assert res.exit_code == 2 and "needs an output folder" in res.output

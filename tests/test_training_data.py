@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from ibllm_agent.training.data.dataset import IGNORE_INDEX, PAD_INPUT, TrainDataset, collate, load_examples
+from ibllm_agent.training.data.records import DataError, TarMember
 from training_fixtures import one_thread  # noqa: F401 (autouse)
 
 from ibllm_agent.model.tokenizer import tiny_tokenizer
-from ibllm_agent.training.data.dataset import IGNORE_INDEX, PAD_INPUT, TrainDataset, collate, load_examples
-from ibllm_agent.training.data.records import DataError, TarMember
 
 # The reference's PROMPT_DICT text (spec §7), written out here rather than taken from ibllm_agent.prompts.
 NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from ibllm_agent.training import run
 from training_fixtures import make_alpaca, one_thread  # noqa: F401 (autouse)
 
 from ibllm_agent.model.checkpoint import read_safetensors
-from ibllm_agent.training import run
 
 
 def _free_port() -> int:
@@ -31,7 +31,7 @@ def _torchrun(out, data, *extra: str) -> None:
            "-m", "ibllm_agent.training", "finetune", "--config", "tiny_finetune.yaml", "--output-dir", str(out),
            "--batch-size", "2", "--data", str(data), "--lr", "3e-3", "--warmup-epochs", "0", "--save-every", "3",
            *extra]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, "\n".join(ln for ln in proc.stderr.splitlines() if "Warning" not in ln)[-6000:]
 
 
@@ -54,12 +54,16 @@ def _same_weights(a_file, b_file):
     assert any(v.abs().sum() > 0 for k, v in b.items() if k.endswith("lora_b.weight"))
 
 
+def _rows(path):
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
 @pytest.mark.slow
 def test_two_process_ddp_equals_single_process(tmp_path):
     data = make_alpaca(tmp_path / "data", n=8)
     _torchrun(tmp_path / "ddp", data, "--max-steps", "3", "--export", "false")
     single = _single(tmp_path, data)
-    rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
+    rows = _rows(tmp_path / "ddp" / "metrics.csv")
     assert [float(r["loss"]) for r in rows] == pytest.approx(single.losses, rel=1e-5)
     _same_weights(tmp_path / "ddp" / "checkpoints" / "step-00000003" / "trainable.safetensors",
                   single.checkpoint / "trainable.safetensors")
@@ -72,7 +76,7 @@ def test_two_process_fsdp_resumes_and_equals_single_process(tmp_path):
     _torchrun(out, data, "--strategy", "fsdp", "--max-steps", "2", "--export", "false")  # stops after step 2
     _torchrun(out, data, "--strategy", "fsdp", "--max-steps", "3")  # resumes: trainables + optimizer state
     single = _single(tmp_path, data)
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    rows = _rows(out / "metrics.csv")
     assert [float(r["loss"]) for r in rows] == pytest.approx(single.losses, rel=1e-5)
     _same_weights(out / "checkpoints" / "step-00000003" / "trainable.safetensors",
                   single.checkpoint / "trainable.safetensors")

@@ -9,11 +9,15 @@ import math
 
 import pytest
 import torch
+from ibllm_agent.training import load_config, run
+from ibllm_agent.training.engine import Trainer, lr_at, param_groups
 from training_fixtures import make_alpaca, make_caption_tsv, one_thread  # noqa: F401 (one_thread: autouse)
 
 from ibllm_agent.errors import CheckpointError, ConfigError
-from ibllm_agent.training import load_config, run
-from ibllm_agent.training.engine import Trainer, lr_at, param_groups
+
+
+def _rows(path):
+    return list(csv.DictReader(path.read_text().splitlines()))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def test_loss_falls_and_metrics_are_logged(finetune_run):
     assert r.steps == 8 and len(r.losses) == 8  # 8 examples / batch 4 = 2 steps per epoch x 4 epochs
     # ln(512) = 6.24 at random init; frozen embeddings/head make the tiny model learn slowly but surely
     assert r.losses[-1] < r.losses[0] - 0.3 and all(b < a for a, b in zip(r.losses, r.losses[1:])), r.losses
-    rows = list(csv.DictReader(open(r.output_dir / "metrics.csv")))
+    rows = _rows(r.output_dir / "metrics.csv")
     assert [int(x["step"]) for x in rows] == list(range(1, 9))
     assert [float(x["loss"]) for x in rows] == pytest.approx(r.losses)
     assert float(rows[0]["lr"]) == pytest.approx(3e-3) and float(rows[1]["lr"]) == pytest.approx(
@@ -94,7 +98,7 @@ def _interrupt_after(monkeypatch, n_windows: int):
 
 
 def test_interrupted_run_resumes_to_the_same_losses(data, tmp_path, monkeypatch):
-    kw = dict(data=[str(data["alpaca"])], lr=1e-2, epochs=3.0, batch_size=3, save_every=3, export=False)
+    kw = {"data": [str(data["alpaca"])], "lr": 1e-2, "epochs": 3.0, "batch_size": 3, "save_every": 3, "export": False}
     full = run("finetune", "tiny_finetune.yaml", output_dir=str(tmp_path / "full"), **kw)
     assert full.steps == 6  # 8 examples, batch 3: 2 steps per epoch (mid-epoch positions on resume)
     with monkeypatch.context() as m:
@@ -105,7 +109,7 @@ def test_interrupted_run_resumes_to_the_same_losses(data, tmp_path, monkeypatch)
     assert (ckpts / "latest").read_text().strip() == "step-00000003"
     resumed = run("finetune", "tiny_finetune.yaml", output_dir=str(tmp_path / "cut"), **kw)
     assert resumed.losses == pytest.approx(full.losses[3:], rel=1e-6, abs=1e-7)
-    rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
+    rows = _rows(tmp_path / "cut" / "metrics.csv")
     assert [float(r["loss"]) for r in rows] == pytest.approx(full.losses, rel=1e-6, abs=1e-7)
 
 
@@ -116,10 +120,11 @@ def test_pretrain_from_features_trains_only_the_visual_path(data, tmp_path):
     rep = encode_data(cfg)
     assert rep.images == 8 and rep.encoded == 8 and FeatureStore(tmp_path / "f").index["rows"] == 8
     assert encode_data(cfg).reused == 8  # second run: nothing re-encoded
-    from ibllm_agent import media
-    from ibllm_agent.model import ImageBindLLM
     from ibllm_agent.training.data.dataset import content_key
     from ibllm_agent.training.features import image_features
+
+    from ibllm_agent import media
+    from ibllm_agent.model import ImageBindLLM
 
     store, tiny = FeatureStore(tmp_path / "f"), ImageBindLLM.from_preset("tiny")
     imgs = sorted((data["root"] / "images").glob("*.png"))[:2]
@@ -135,7 +140,7 @@ def test_pretrain_from_features_trains_only_the_visual_path(data, tmp_path):
     assert any(n.startswith("bind.") for n in names) and "prefix_query.weight" in names
     assert any(n.endswith(".self_attn.gate") for n in names)
     assert not any(".lora_" in n or n.endswith("norm.weight") and n.startswith("lm.") for n in names)
-    rows = list(csv.DictReader(open(r.output_dir / "metrics.csv")))
+    rows = _rows(r.output_dir / "metrics.csv")
     assert float(rows[-1]["gate_abs"]) > 0  # gates left zero
     # encoding every step (the reference's way) trains the same: the stored features are the model's own
     live = run("pretrain", "tiny_pretrain.yaml", data=[str(data["tsv"])], output_dir=str(tmp_path / "live"),

@@ -28,8 +28,9 @@ def usage(prog: str) -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m ibllm_agent.training") -> int:
     """Parse and run; returns the exit code. Typed errors print one line (exit 2)."""
-    from ibllm_agent.errors import IbllmError
     from ibllm_agent.training.configs import STAGES, load_config, parse_overrides
+
+    from ibllm_agent.errors import IbllmError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or "--help" in args or "-h" in args:

@@ -44,7 +44,7 @@ class TrainConfig:
     model_seed: int = _f(0, "Seed of a preset's random initialisation.")
     init_adapter: str | None = _f(None, "Adapter weights loaded onto the model before training: an official "
                                         "release .pth (e.g. 7B-pretrained.pth) or an adapter.safetensors.")
-    data: list[str] = _f([], "Data files (globs allowed): TSV, JSON/JSONL or WebDataset .tar shards.")
+    data: list[str] = _f([], "Data files (globs allowed): TSV, JSON/JSONL or WebDataset .tar shards.")  # noqa: RUF009
     data_format: str = _f("auto", "Record format: auto (from extension and first record), tsv, webdataset, "
                                   "alpaca, llava, sharegpt, minigpt4, gpt4tools.")
     image_root: str | None = _f(None, "Folder that relative image paths in the data resolve against "
@@ -69,7 +69,7 @@ class TrainConfig:
     lr: float | None = _f(None, "Absolute learning rate (overrides blr).")
     min_lr: float = _f(0.0, "Learning rate at the end of the cosine.")
     weight_decay: float = _f(0.02, "AdamW weight decay (never on 1-D parameters or biases).")
-    betas: list[float] = _f([0.9, 0.95], "AdamW betas.")
+    betas: list[float] = _f([0.9, 0.95], "AdamW betas.")  # noqa: RUF009 (_f returns a default_factory field)
     clip_grad: float | None = _f(None, "Clip the global gradient norm to this value (reference: none).")
     seed: int = _f(0, "Seed; rank r uses seed + r for its RNGs, the data order uses seed + epoch.")
     precision: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")

@@ -30,14 +30,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
-
-from ibllm_agent.errors import CheckpointError, ConfigError
 from ibllm_agent.training import checkpoint as ckpt
 from ibllm_agent.training.configs import TrainConfig
 from ibllm_agent.training.data.dataset import IGNORE_INDEX, DataReport, TrainDataset, collate, load_examples
 from ibllm_agent.training.data.records import DataError
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ibllm_agent.errors import CheckpointError, ConfigError
 
 
 @dataclass

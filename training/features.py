@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ibllm_agent.training.data.dataset import content_key, read_image_bytes
+from ibllm_agent.training.data.records import DataError, TarMember
 
 from ibllm_agent.errors import IbllmError
 from ibllm_agent.model.fusion import WEIGHT_EPS
-from ibllm_agent.training.data.dataset import content_key, read_image_bytes
-from ibllm_agent.training.data.records import DataError, TarMember
 
 INDEX = "index.json"
 REFS = "refs.jsonl"
@@ -233,9 +233,10 @@ def encode_store(refs: list[Path | TarMember], model: Any, out_dir: str | Path, 
 def encode_data(cfg: Any, out_dir: str | Path | None = None, *, batch_size: int = 32) -> EncodeReport:
     """The ``encode`` step of a recipe: every image of ``cfg.data`` -> the store at ``out_dir`` (default:
     ``cfg.features``), encoded by the ImageBind of ``cfg.model``. Resumable; one process."""
-    from ibllm_agent.errors import ConfigError
     from ibllm_agent.training.data.dataset import load_examples
     from ibllm_agent.training.engine import build_model
+
+    from ibllm_agent.errors import ConfigError
 
     target = out_dir or cfg.features
     if not target:
