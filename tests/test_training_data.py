@@ -227,3 +227,19 @@ def test_collate_pads_right_and_marks_images():
     assert out["labels"].tolist() == [[IGNORE_INDEX, 5, 6], [IGNORE_INDEX, 7, IGNORE_INDEX]]
     assert out["has_image"].tolist() == [True, False] and out["n_tokens"] == 5
     assert out["features"].tolist() == [[1.0] * 4, [0.0] * 4] and out["pixels"] is None
+
+
+def test_synthetic_data_set_loads_in_every_format(tmp_path, tok):
+    from ibllm_agent.training.synthetic import generate
+
+    generate(tmp_path / "syn")
+    expect = {"image_text.tsv": "tsv", "alpaca.json": "alpaca", "llava.json": "llava", "sharegpt.json": "sharegpt",
+              "gpt4tools_train.json": "gpt4tools"}
+    for name, fmt in expect.items():
+        ex, rep = load_examples([str(tmp_path / "syn" / name)])
+        assert rep.formats[str(tmp_path / "syn" / name)] == fmt and rep.skipped_records == 0 and ex, name
+        assert all("<image>" not in e.prompt + e.answer for e in ex)
+        if fmt in ("tsv", "llava"):
+            assert all(e.image is not None for e in ex)
+        ds = TrainDataset(ex[:5], tok, 2048)
+        assert all((ds[i]["labels"] != IGNORE_INDEX).sum() > 0 for i in range(len(ds)))
