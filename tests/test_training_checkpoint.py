@@ -101,10 +101,10 @@ def test_cli_train_help_and_errors(tmp_path):
 
 
 def test_cli_encode_step_writes_a_store(tmp_path):
+    from ibllm_agent.training.features import FeatureStore
     from training_fixtures import make_caption_tsv
 
     from ibllm_agent.cli import _register_all, app
-    from ibllm_agent.training.features import FeatureStore
 
     if not app.registered_commands:
         _register_all()

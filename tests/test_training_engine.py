@@ -187,3 +187,35 @@ def test_schedule_and_weight_decay_rules():
     nn_ = {names[id(p)] for p in no_decay["params"]}
     assert "prefix_query.weight" in dn and any(n.endswith(".gate") for n in dn)  # 4-D gates decay (reference)
     assert "bind.proj.bias" in nn_ and all(".norms." in n or n.endswith(".bias") for n in nn_)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(data, tmp_path):
+    kw = {"data": [str(data["alpaca"])], "lr": 3e-3, "warmup_epochs": 0.0, "max_steps": 2, "export": False}
+    big = run("finetune", "tiny_finetune.yaml", output_dir=str(tmp_path / "big"), batch_size=4, **kw)
+    acc = run("finetune", "tiny_finetune.yaml", output_dir=str(tmp_path / "acc"), batch_size=2, accum_iter=2, **kw)
+    assert acc.losses == pytest.approx(big.losses, rel=1e-5) and acc.lr == big.lr  # lr follows the effective batch
+    from ibllm_agent.model.checkpoint import read_safetensors
+
+    a = read_safetensors(acc.checkpoint / "trainable.safetensors")
+    b = read_safetensors(big.checkpoint / "trainable.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_encoder_is_found_for_models_without_one():
+    """After the media-stage split the model holds no encoder: training loads the same one itself."""
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.training.features import frozen_encoder, image_features
+
+    model = ImageBindLLM.from_preset("tiny")
+
+    class Bare:  # the tensor-only model's surface that training uses
+        config, checkpoint_dir, encoder_seed, lm = model.config, None, 0, model.lm
+
+        def parameters(self):
+            return model.parameters()
+
+    bare = Bare()
+    assert frozen_encoder(bare) is frozen_encoder(bare)  # loaded once
+    x = torch.rand(2, 3, 224, 224)
+    torch.testing.assert_close(image_features(bare, x), image_features(model, x))

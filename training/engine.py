@@ -70,7 +70,7 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, features: torch.Te
     visual = model.bind(features.to(model.bind.proj.weight.dtype))  # [B, 1, H]
     # Always inject (rows masked by ``active``) so every trainable takes part in each step (DDP).
     injection = model.injection(visual, None if bool(active.all()) else active)
-    logits, _ = model(input_ids, injection)
+    logits, _ = model(input_ids, visual=injection)
     return logits
 
 
@@ -102,7 +102,7 @@ def forward_logits_sharded(model: nn.Module, input_ids: torch.Tensor, features: 
     from ibllm_agent.model.injection import VisualInjection
 
     visual = model.bind(features.to(model.bind.proj.weight.dtype))  # [B, 1, H]
-    logits, _ = model(input_ids, VisualInjection(_LazyDeltas(model, visual, active), visual))
+    logits, _ = model(input_ids, visual=VisualInjection(_LazyDeltas(model, visual, active), visual))
     return logits
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +43,29 @@ SHARD_ROWS = 65536
 _LOAD_ERRORS = (IbllmError, OSError, ValueError, SyntaxError, EOFError)
 
 
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def frozen_encoder(model: Any) -> Any:
+    """The frozen ImageBind paired with ``model`` (its official file, the checkpoint's
+    ``encoder.safetensors`` or a preset's seeded init), on the model's device; loaded once per model."""
+    if "encoder" in dir(type(model)):  # the model still owns its encoder (before the media-stage split)
+        return model.encoder
+    enc = _ENCODERS.get(model)
+    if enc is None:
+        from ibllm_agent.model.checkpoint import load_encoder
+
+        enc = load_encoder(model.config, model.checkpoint_dir, getattr(model, "encoder_seed", 0))
+        p = next(model.parameters())
+        enc = _ENCODERS[model] = enc.to(device=p.device, dtype=model.lm.lm_head.weight.dtype)
+    return enc
+
+
 def image_features(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     """pixels [N, 3, H, W] -> fused features [N, D] fp32 (L2-normalised ImageBind embedding times the
     single-input weight 1/(1+1e-6), as ``fusion.fuse``). The ONE place training calls the encoder;
     it becomes ``MediaEncoder.encode`` when the media stage lands."""
-    enc = model.encoder
+    enc = frozen_encoder(model)
     p = next(enc.parameters())
     with torch.no_grad():
         emb = enc.encode("image", pixels.to(p.device, p.dtype)).float()
@@ -55,7 +74,7 @@ def image_features(model: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 def placeholder_feature(model: Any) -> torch.Tensor:
     """Feature of the all-zero image [D] fp32: the reference's input for text-only examples."""
-    size = int(getattr(getattr(model.encoder, "config", None), "image_size", 224))
+    size = int(getattr(getattr(frozen_encoder(model), "config", None), "image_size", 224))
     return image_features(model, torch.zeros(1, 3, size, size))[0].cpu()
 
 
