@@ -204,8 +204,9 @@ def test_gradient_accumulation_equals_the_larger_batch(data, tmp_path):
 
 def test_encoder_is_found_for_models_without_one():
     """After the media-stage split the model holds no encoder: training loads the same one itself."""
-    from ibllm_agent.model import ImageBindLLM
     from ibllm_agent.training.features import frozen_encoder, image_features
+
+    from ibllm_agent.model import ImageBindLLM
 
     model = ImageBindLLM.from_preset("tiny")
 
