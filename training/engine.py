@@ -30,14 +30,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ibllm_agent.training import checkpoint as ckpt
-from ibllm_agent.training.configs import TrainConfig
-from ibllm_agent.training.data.dataset import IGNORE_INDEX, DataReport, TrainDataset, collate, load_examples
-from ibllm_agent.training.data.records import DataError
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ibllm_agent.errors import CheckpointError, ConfigError
+from ibllm_agent.training import checkpoint as ckpt
+from ibllm_agent.training.configs import TrainConfig
+from ibllm_agent.training.data.dataset import IGNORE_INDEX, DataReport, TrainDataset, collate, load_examples
+from ibllm_agent.training.data.records import DataError
+from ibllm_agent.training.step import _Step, build_model, shard_fsdp
 
 
 @dataclass
@@ -52,83 +53,11 @@ class TrainResult:
     release: Path | None = None  # export/imagebind_llm.pth
     model_dir: Path | None = None  # export/model
     data: DataReport = field(default_factory=DataReport)
-    tokens: int = 0
+    tokens: int = 0  # input tokens fed by all ranks
     seconds: float = 0.0  # whole run (setup, steps, saves, export)
     train_seconds: float = 0.0  # the steps only: data loading, (encoding,) forward/backward, optimizer
     world_size: int = 1
     lr: float = 0.0
-
-
-# ------------------------------------------------------------------------------------ model step
-
-
-def forward_logits(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor, active: torch.Tensor
-                   ) -> torch.Tensor:
-    """Token ids [B, T] + visual features [B, D] (+ active [B] bool) -> logits [B, T, V].
-
-    The one place training calls the model (becomes ``model(input_ids, features=, active=)``)."""
-    visual = model.bind(features.to(model.bind.proj.weight.dtype))  # [B, 1, H]
-    # Always inject (rows masked by ``active``) so every trainable takes part in each step (DDP).
-    injection = model.injection(visual, None if bool(active.all()) else active)
-    logits, _ = model(input_ids, visual=injection)
-    return logits
-
-
-class _LazyDeltas(dict):
-    """Per-layer δ computed when the layer's ``o_proj`` asks for it, i.e. INSIDE that layer's forward. Under
-    FSDP a layer's weights (``v_proj`` for δ) are only gathered while the layer runs, so the eager
-    ``model.injection`` (all δ up front) cannot be used there. Same values as ``model.injection``."""
-
-    def __init__(self, model: Any, visual: torch.Tensor, active: torch.Tensor):
-        super().__init__()
-        self.model, self.visual, self.active = model, visual, active
-        self.rows = {layer: row for row, layer in enumerate(model.config.layers)}
-
-    def get(self, layer_idx: int, default: Any = None) -> Any:
-        from ibllm_agent.model.injection import compute_delta
-
-        row = self.rows.get(layer_idx)
-        if row is None:
-            return default
-        c, attn = self.model.config, self.model.lm.model.layers[layer_idx].self_attn
-        d = compute_delta(self.visual, self.model.prefix_query.weight[row], attn.v_proj.weight, attn.gate,
-                          c.num_heads, c.num_kv_heads)
-        return d * self.active.to(d.device, d.dtype).view(-1, 1, 1)
-
-
-def forward_logits_sharded(model: nn.Module, input_ids: torch.Tensor, features: torch.Tensor,
-                           active: torch.Tensor) -> torch.Tensor:
-    """``forward_logits`` for FSDP-sharded layers (δ computed inside each layer, see ``_LazyDeltas``)."""
-    from ibllm_agent.model.injection import VisualInjection
-
-    visual = model.bind(features.to(model.bind.proj.weight.dtype))  # [B, 1, H]
-    logits, _ = model(input_ids, visual=VisualInjection(_LazyDeltas(model, visual, active), visual))
-    return logits
-
-
-class _Step(nn.Module):
-    """Wraps the model so DDP sees one forward per micro-batch."""
-
-    def __init__(self, model: nn.Module, sharded: bool = False):
-        super().__init__()
-        self.model = model
-        self.fn = forward_logits_sharded if sharded else forward_logits
-
-    def forward(self, input_ids, features, active):
-        return self.fn(self.model, input_ids, features, active)
-
-
-def shard_fsdp(step: _Step, model: Any, amp: torch.dtype | None) -> nn.Module:
-    """FSDP2 (``fully_shard``): every decoder layer is its own unit (gathered only while it runs), the rest
-    (embeddings, head, bind network, prefix) the root unit. Frozen and trainable parameters share units;
-    with autocast the gathered weights are cast to the autocast dtype, gradients are reduced in fp32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp is not None else MixedPrecisionPolicy()
-    for layer in model.lm.model.layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(step, mp_policy=mp)
-    return step
 
 
 def lr_at(epoch: float, cfg: TrainConfig, base_lr: float) -> float:
@@ -223,51 +152,6 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return torch.float16 if cfg.precision == "fp16" else torch.bfloat16
-
-
-def build_model(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.dtype | None) -> Any:
-    """Preset or folder -> model on ``device`` with the stage's trainables (fp32) and frozen weights in
-    ``frozen_dtype`` (fp32 when None)."""
-    from ibllm_agent.model import ImageBindLLM
-    from ibllm_agent.model.llm import PRESETS
-
-    if cfg.model in PRESETS:
-        model = ImageBindLLM.from_preset(cfg.model, seed=cfg.model_seed, device=device)
-    else:
-        if not Path(cfg.model).is_dir():
-            raise ConfigError(f"model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
-        model = ImageBindLLM.from_pretrained(cfg.model, device=device, dtype=torch.float32)
-    if cfg.init_adapter:
-        load_adapter(model, cfg.init_adapter)
-    model.set_phase(cfg.phase)
-    for p in model.parameters():
-        p.data = p.data.float() if p.requires_grad or frozen_dtype is None else p.data.to(frozen_dtype)
-    return model
-
-
-def load_adapter(model: Any, path: str) -> None:
-    """Official release ``.pth`` or our ``adapter.safetensors`` onto ``model``; refused (before any compute)
-    when a key is unknown to the model or a shape differs."""
-    from ibllm_agent.model.checkpoint import read_safetensors
-    from ibllm_agent.model.convert import official_adapter_to_ours, read_torch, release_keys
-
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        state = read_safetensors(p)
-    else:
-        state = official_adapter_to_ours(release_keys(read_torch(p)), model.config.num_heads, model.config.num_kv_heads)
-    if any(".lora_" in k for k in state) and not model.config.w_lora:
-        model.set_phase("finetune")  # add the LoRA/bias structure the adapter fills
-    own = model.state_dict()
-    bad = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-              if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if bad or shapes:
-        raise CheckpointError(f"adapter {p} does not fit the model: "
-                              + "; ".join(filter(None, [bad and f"unknown keys {bad[:5]}", shapes and f"shapes {shapes[:3]}"])))
-    with torch.no_grad():
-        for k, v in state.items():
-            own[k].copy_(v)
 
 
 def _check_compatible(cfg: TrainConfig, model: Any, examples: list, store: Any) -> None:
@@ -436,7 +320,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- one optimizer step
     def _window(self, step_mod: nn.Module, model: Any, micro: list[dict], placeholder: torch.Tensor,
                 scaler: Any) -> tuple[float, int]:
-        """Forward/backward of the accumulation window -> (global token-mean loss, tokens this rank fed)."""
+        """Forward/backward of the accumulation window -> (global token-mean loss, tokens fed by all ranks)."""
         d = self.d
         n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
         n_tok = int(self._all_sum(torch.tensor([n_local], dtype=torch.float64))[0])
@@ -460,8 +344,9 @@ class Trainer:
                 loss = ce * d.world / n_tok if n_tok else logits.sum() * 0.0
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             ce_sum += ce.detach().double().cpu()
-        ce_total = float(self._all_sum(ce_sum.reshape(1))[0])
-        return (ce_total / n_tok if n_tok else 0.0), sum(int(b["n_tokens"]) for b in micro)
+        fed = sum(int(b["n_tokens"]) for b in micro)
+        ce_total, fed_total = self._all_sum(torch.stack([ce_sum, torch.tensor(float(fed), dtype=torch.float64)])).tolist()
+        return (ce_total / n_tok if n_tok else 0.0), int(fed_total)
 
     def _visual(self, model: Any, b: dict, placeholder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> features [B, D] fp32 on device (placeholder for rows without an image), active [B] bool."""

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ibllm_agent.training.data.dataset import content_key, read_image_bytes
-from ibllm_agent.training.data.records import DataError, TarMember
 
 from ibllm_agent.errors import IbllmError
 from ibllm_agent.model.fusion import WEIGHT_EPS
+from ibllm_agent.training.data.dataset import content_key, read_image_bytes
+from ibllm_agent.training.data.records import DataError, TarMember
 
 INDEX = "index.json"
 REFS = "refs.jsonl"

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
+
 from ibllm_agent.training.data.formats import FORMATS, Example, RecordError, detect_format
 from ibllm_agent.training.data.records import DataError, Record, TarMember, expand, read_records
-from torch.utils.data import Dataset
 
 IGNORE_INDEX = -100
 PAD_INPUT = 0
