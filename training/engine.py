@@ -187,6 +187,13 @@ class Trainer:
         return x
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:  # also after an error, so a later run in this process starts a fresh group
+            if self.d.owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self) -> TrainResult:
         cfg, d = self.cfg, self.d
         t0 = time.perf_counter()
         examples, report = load_examples(cfg.data, cfg.data_format, cfg.image_root, cfg.template, cfg.on_error)
@@ -313,8 +320,6 @@ class Trainer:
         if d.world > 1:
             dist.barrier()
         result.seconds = time.perf_counter() - t0
-        if d.owns_group:
-            dist.destroy_process_group()
         return result
 
     # ---------------------------------------------------------------------------- one optimizer step
