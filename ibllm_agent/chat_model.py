@@ -31,7 +31,7 @@ from langchain_core.utils.json import parse_partial_json
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from ibllm_agent import protocol as P
-from ibllm_agent.content import FetchLimits, MessageContent, message_text, split_message
+from ibllm_agent.content import ContentPolicy, MessageContent, message_text, split_message
 from ibllm_agent.errors import ConfigError, ContentBlockError, ToolArgumentError
 from ibllm_agent.experts import run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
@@ -162,7 +162,9 @@ class ChatImageBindLLM(BaseChatModel):
         cache_alpha: visual-cache enhancement knobs passed to
         the model as ``CacheSettings`` (used when the model has a cache; per call:
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
-        for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
+        for ``file_id`` blocks. content_policy: what messages may reference (``ContentPolicy.library()``
+        by default: local files allowed, ``http(s)`` URLs to public hosts only, 10 s / 64 MiB;
+        ``ContentPolicy.server()`` when the messages come from remote clients).
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
         ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
         captions) are remembered per attachment content, so later agent steps do not rerun them.
@@ -283,8 +285,7 @@ class ChatImageBindLLM(BaseChatModel):
     cache_t: float = 20.0
     cache_alpha: float = 0.5
 
-    fetch_timeout: float = 10.0
-    fetch_max_bytes: int = 64 * 1024 * 1024
+    content_policy: ContentPolicy = Field(default_factory=ContentPolicy.library)
 
     # (expert id, modality, source key) -> finding: experts and the captioner run once per
     # attachment, not on every model call (an agent turn calls the model once per step, and every call
@@ -822,10 +823,10 @@ class _Conversation:
 
     @classmethod
     def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float]):
-        limits = FetchLimits(timeout=chat.fetch_timeout, max_bytes=chat.fetch_max_bytes)
-
         def split(msg: BaseMessage):
-            return split_message(msg, modality_weights=weights, file_resolver=chat.file_resolver, limits=limits)
+            return split_message(
+                msg, modality_weights=weights, file_resolver=chat.file_resolver, policy=chat.content_policy
+            )
 
         systems = [message_text(m) for m in messages if isinstance(m, SystemMessage)]
         system = "\n\n".join(s for s in systems if s) if chat.system_messages == "prepend" else ""
