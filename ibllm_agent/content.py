@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import mimetypes
 import threading
 import urllib.parse
 from collections import OrderedDict
@@ -44,33 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ibllm_agent.errors import ContentBlockError, FetchError
 from ibllm_agent.fetch import safe_fetch
+from ibllm_agent.media.formats import extension_modality, mime_modality
 from ibllm_agent.types import MODALITIES, Media
 
 DATA_BLOCK_TYPES = ("image", "audio", "video", "file")
-
-# mime type -> modality for the non-obvious cases (image/*, audio/*, video/* map by their prefix).
-MIME_MODALITIES: dict[str, str] = {
-    "model/ply": "point",
-    "model/x-ply": "point",
-    "application/ply": "point",
-    "application/x-ply": "point",
-    "model/x-pcd": "point",
-    "application/x-pcd": "point",
-    "application/x-point-cloud": "point",
-    "model/x-xyz": "point",
-    "application/x-depth": "depth",
-    "image/x-depth": "depth",
-    "application/x-thermal": "thermal",
-    "image/x-thermal": "thermal",
-    "application/x-imu": "imu",
-}
-# file extension -> modality; ``.npy`` is deliberately absent (it can hold any modality: say which).
-EXT_MODALITIES: dict[str, str] = {
-    ".ply": "point", ".pcd": "point", ".xyz": "point", ".pts": "point",
-    ".png": "image", ".jpg": "image", ".jpeg": "image", ".bmp": "image", ".gif": "image", ".webp": "image",
-    ".wav": "audio", ".mp3": "audio", ".flac": "audio", ".ogg": "audio", ".m4a": "audio",
-    ".mp4": "video", ".avi": "video", ".mov": "video", ".mkv": "video", ".webm": "video",
-}
 
 FileResolver = Callable[[str], Any]
 
@@ -120,24 +96,6 @@ def _describe(block: Mapping[str, Any]) -> str:
     return repr(shown)
 
 
-def _mime_modality(mime: str | None) -> str | None:
-    if not mime:
-        return None
-    mime = mime.split(";")[0].strip().lower()
-    base = mime.split("+")[0]
-    if mime in MIME_MODALITIES or base in MIME_MODALITIES:
-        return MIME_MODALITIES.get(mime) or MIME_MODALITIES[base]
-    major = mime.split("/")[0]
-    return major if major in ("image", "audio", "video") else None
-
-
-def _ext_modality(location: str | None) -> str | None:
-    if not location:
-        return None
-    path = urllib.parse.urlparse(location).path if "://" in location else location
-    return EXT_MODALITIES.get(Path(path).suffix.lower())
-
-
 def block_modality(block: Mapping[str, Any]) -> str:
     """The modality of a data block (see module docstring for the precedence)."""
     extras = block.get("extras") or {}
@@ -157,11 +115,11 @@ def block_modality(block: Mapping[str, Any]) -> str:
         data_mime = url[5:].split(",", 1)[0].split(";")[0]
     location = block.get("path") or extras.get("filename") or extras.get("name") or url
     found = (
-        _mime_modality(block.get("mime_type"))
-        or _mime_modality(data_mime)
-        or _ext_modality(location if isinstance(location, str) and not str(location).startswith("data:") else None)
+        mime_modality(block.get("mime_type"))
+        or mime_modality(data_mime)
+        or extension_modality(location if isinstance(location, str) and not str(location).startswith("data:") else None)
     )
-    if found is None:
+    if found is None or found == "array":  # .npy holds points, IMU or depth: the sender must say which
         raise ContentBlockError(
             f"content block {_describe(block)}: cannot tell its modality; give a mime_type "
             f"(e.g. model/ply, application/x-depth), a known file extension or extras={{'modality': …}}"
@@ -374,13 +332,3 @@ def _blocks(message: Any) -> Sequence[Mapping[str, Any]]:
         return list(message.content_blocks)
     except AttributeError:
         return [b if isinstance(b, Mapping) else {"type": "text", "text": str(b)} for b in content]
-
-
-def guess_mime(path: str) -> str | None:
-    """Mime type of a path by extension (point clouds included)."""
-    ext = Path(path).suffix.lower()
-    if ext == ".ply":
-        return "model/ply"
-    if ext == ".pcd":
-        return "model/x-pcd"
-    return mimetypes.guess_type(path)[0]

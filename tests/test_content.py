@@ -20,12 +20,12 @@ from ibllm_agent.content import (
     block_modality,
     block_to_media,
     fetch,
-    guess_mime,
     message_text,
     split_message,
 )
 from ibllm_agent import content
 from ibllm_agent import fetch as content_fetch
+from ibllm_agent.media.formats import guess_mime
 from ibllm_agent.errors import ContentBlockError, FetchError, IbllmError
 
 LOCAL = ContentPolicy.library(allow_private_network=True)  # the loopback test server is private
@@ -265,6 +265,7 @@ def test_guess_mime():
     assert guess_mime("a.ply") == "model/ply"
     assert guess_mime("a.pcd") == "model/x-pcd"
     assert guess_mime("a.png") == "image/png"
+    assert guess_mime("https://example.org/scan.PCD?x=1") == "model/x-pcd"
 
 
 def test_policy_presets_and_validation():

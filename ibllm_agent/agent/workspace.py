@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ibllm_agent.errors import WorkspaceError, WorkspaceFileNotFoundError
+from ibllm_agent.media.formats import extension_modality
 
 __all__ = [
     "FOLDERS",
@@ -363,20 +364,11 @@ def _describe(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-_EXT_MODALITY = {
-    **{e: "image" for e in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")},
-    **{e: "audio" for e in (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")},
-    **{e: "video" for e in (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")},
-    **{e: "point" for e in (".ply", ".pts", ".xyz", ".obj", ".npy", ".pt")},
-    **{e: "text" for e in (".txt", ".md")},
-}
-
-
 def _infer_modality(source: Any) -> str:
     """Modality of an attachment: the media package's detector, else the file extension."""
     try:
         from ibllm_agent.media import infer_modality
-    except ImportError:  # media package absent in a trimmed install: fall back to extensions
+    except ImportError:  # the loaders' dependencies absent in a trimmed install: extensions only
         infer_modality = None
     if infer_modality is not None:
         try:
@@ -385,8 +377,8 @@ def _infer_modality(source: Any) -> str:
             found = None
         if found:
             return str(found)
-    if isinstance(source, Path) and source.suffix.lower() in _EXT_MODALITY:
-        return _EXT_MODALITY[source.suffix.lower()]
+    if isinstance(source, Path) and extension_modality(source) not in (None, "array"):
+        return str(extension_modality(source))
     try:
         from PIL import Image
 

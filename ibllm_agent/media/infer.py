@@ -8,8 +8,8 @@ from typing import Any
 
 from .errors import UnknownFormatError
 from .limits import DEFAULT_LIMITS
+from .formats import EXTENSIONS
 from .sources import (
-    EXTENSIONS,
     check_path,
     describe,
     head_bytes,
