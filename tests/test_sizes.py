@@ -1,0 +1,28 @@
+"""The package-wide size rule (ibllm_agent.sizes): GB = 10^9, GiB = 2^30."""
+
+from __future__ import annotations
+
+import pytest
+
+from ibllm_agent.errors import ConfigError
+from ibllm_agent.sizes import parse_size
+
+
+def test_decimal_and_binary_units():
+    assert parse_size("4GiB") == 4 * 2**30
+    assert parse_size("4G") == parse_size("4GB") == parse_size("4 gb") == 4 * 10**9
+    assert parse_size("512MiB") == 512 * 2**20 and parse_size("512MB") == 512 * 10**6
+    assert parse_size("1.5gb") == 1_500_000_000 and parse_size("2KiB") == 2048 and parse_size("1TiB") == 2**40
+    assert parse_size("1000") == parse_size("1000B") == 1000 and parse_size(7) == 7 and parse_size(2.5e9) == 2_500_000_000
+    assert parse_size(None) is None
+
+
+@pytest.mark.parametrize("bad", ["4 parsecs", "GB", "-1GB", "1e9", ""])
+def test_unreadable_sizes_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="invalid memory budget"):
+        parse_size(bad, what="memory budget")
+
+
+def test_negative_numbers_refused():
+    with pytest.raises(ConfigError, match=">= 0"):
+        parse_size(-5)
