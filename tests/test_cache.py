@@ -448,3 +448,30 @@ def test_searches_beyond_the_gpu_k_limit_use_the_cpu_index(monkeypatch):
     want = reference_enhance(q, bank, 100, 20.0, 0.5)
     np.testing.assert_allclose(big, want, atol=1e-3)
     assert small.shape == big.shape == (2, 16)
+
+
+def test_coarse_centroids_use_faiss_two_level_clustering_with_a_fallback(monkeypatch):
+    import faiss.contrib.clustering as contrib
+
+    from ibllm_agent.cache.index import train_coarse_centroids
+
+    data = clustered(128 * 40, 16, seed=2, clusters=50)
+    calls = []
+    real = contrib.two_level_clustering
+
+    def spy(*args, **kwargs):
+        calls.append((args[1], args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(contrib, "two_level_clustering", spy)
+    cents = train_coarse_centroids(data, 128)
+    assert calls == [(11, 128)]  # round(sqrt(128)) coarse clusters, split into 128
+    assert cents.shape == (128, 16) and np.allclose(np.linalg.norm(cents, axis=1), 1, atol=1e-5)
+    assert (data @ cents.T).max(axis=0).min() > 0.5  # every centroid sits near some data
+
+    def too_small(*args, **kwargs):  # faiss refuses more centroids than points in a coarse cluster
+        raise RuntimeError("'clus.k > 0' failed")
+
+    monkeypatch.setattr(contrib, "two_level_clustering", too_small)
+    fallback = train_coarse_centroids(data, 128)
+    assert fallback.shape == (128, 16) and np.allclose(np.linalg.norm(fallback, axis=1), 1, atol=1e-5)
