@@ -38,3 +38,17 @@ def parse_size(size: float | str | None, *, what: str = "size") -> int | None:
             f"or KiB/MiB/GiB/TiB (powers of 1024)"
         )
     return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def format_size(n: float | None, *, binary: bool = False, unknown: str = "?") -> str:
+    """Bytes for people: ``"4.8 GB"`` (powers of 1000, as downloads are quoted) or, with
+    ``binary=True``, ``"3.8 GiB"`` (powers of 1024, as RAM is). ``None`` gives ``unknown``."""
+    if n is None:
+        return unknown
+    step, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
+    value = float(n)
+    for unit in units:
+        if value < step or unit == units[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= step
+    raise AssertionError("unreachable")

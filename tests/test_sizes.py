@@ -26,3 +26,13 @@ def test_unreadable_sizes_are_config_errors(bad):
 def test_negative_numbers_refused():
     with pytest.raises(ConfigError, match=">= 0"):
         parse_size(-5)
+
+
+def test_format_size_decimal_and_binary():
+    from ibllm_agent.sizes import format_size
+
+    assert format_size(4_800_000_000) == "4.8 GB" and format_size(4 * 2**30, binary=True) == "4.0 GiB"
+    assert format_size(999) == "999 B" and format_size(1536, binary=True) == "1.5 KiB"
+    assert format_size(None) == "?" and format_size(None, unknown="-") == "-"
+    assert format_size(3 * 10**15) == "3000.0 TB"
+    assert parse_size(format_size(12_300_000_000).replace(" ", "")) == 12_300_000_000

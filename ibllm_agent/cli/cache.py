@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ibllm_agent.errors import CacheError, IbllmError
-from ibllm_agent.sizes import parse_size
+from ibllm_agent.sizes import format_size, parse_size
 
 def _sleeping_openmp_waiters() -> None:
     """OpenMP threads that spin while waiting make faiss many times slower on shared cores (measured:
@@ -22,16 +22,6 @@ def _sleeping_openmp_waiters() -> None:
 def _fail(exc: IbllmError) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def register(app: typer.Typer) -> None:
@@ -98,9 +88,9 @@ def register(app: typer.Typer) -> None:
         skipped = info.get("skipped") or {"count": 0, "items": []}
         lines = [
             f"cache      {info['path']}",
-            f"features   {info['count']} x {info['dim']} float16 ({_human(info['features_bytes'])} on disk, memory-mapped)",
+            f"features   {info['count']} x {info['dim']} float16 ({format_size(info['features_bytes'], binary=True, unknown='-')} on disk, memory-mapped)",
             f"index      {info['index']} {' '.join(f'{k}={v}' for k, v in info['index_params'].items())}",
-            f"index RAM  ~{_human(info['index_ram_bytes'])}",
+            f"index RAM  ~{format_size(info['index_ram_bytes'], binary=True, unknown='-')}",
             f"encoder    {info.get('encoder', '-')}",
             f"sources    {', '.join(info.get('sources', [])) or '-'}",
             f"skipped    {skipped['count']} unreadable",
