@@ -96,7 +96,12 @@ def safe_fetch(
             pinned = urllib.parse.urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
             host_header = parts.netloc.rsplit("@", 1)[-1]  # host[:port] as written, without user info
             extensions = {"sni_hostname": host} if scheme == "https" else {}
-            request = client.build_request("GET", pinned, headers={"Host": host_header}, extensions=extensions)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FetchError(f"fetching {url}: not complete within {timeout:g} s")
+            request = client.build_request(
+                "GET", pinned, headers={"Host": host_header}, extensions=extensions, timeout=remaining
+            )
             try:
                 resp = client.send(request, stream=True)
             except httpx.TimeoutException:

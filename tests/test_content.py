@@ -389,3 +389,21 @@ def test_only_http_and_https_are_fetched():
         safe_fetch("ftp://example.org/a.png", timeout=1, max_bytes=10)
     with pytest.raises(ContentBlockError, match="unsupported URL scheme 'gopher'"):
         block_to_media({"type": "image", "url": "gopher://example.org/a.png"})
+
+
+def test_https_requests_go_to_the_checked_ip_with_host_and_tls_name_kept(monkeypatch):
+    import httpx
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 443))])
+    sent = []
+
+    def send(self, request, **kwargs):
+        sent.append(request)
+        return httpx.Response(200, content=PAYLOAD, request=request)
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    assert fetch("https://images.example/cat.png?x=1", use_cache=False) == PAYLOAD
+    [req] = sent
+    assert str(req.url) == "https://93.184.216.34/cat.png?x=1"  # the resolved address, not the name
+    assert req.headers["Host"] == "images.example"
+    assert req.extensions["sni_hostname"] == "images.example"  # certificate checked against the name
