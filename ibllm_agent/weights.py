@@ -429,9 +429,11 @@ class WeightStatus:
     partial_bytes: int = 0  # bytes in unfinished ``*.part`` downloads (resumed by ``download``)
 
 
-def _is_download_state(path: Path) -> bool:
-    """Files of an unfinished download (``download.py``): the data, its version note, its lock."""
-    return path.name.endswith((".part", ".part.meta", ".part.lock"))
+def _is_download_state(rel: Path) -> bool:
+    """Download bookkeeping, not weights (``rel`` is relative to the entry's folder): an unfinished
+    download of ``download.py`` (the data, its version note, its lock) or ``huggingface_hub``'s
+    per-folder metadata (``.cache/huggingface/``)."""
+    return rel.name.endswith((".part", ".part.meta", ".part.lock")) or rel.parts[:2] == (".cache", "huggingface")
 
 
 def _part_size(root: Path, spec: WeightSpec) -> int:
@@ -446,7 +448,9 @@ def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p))
+        return sum(
+            p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p.relative_to(path))
+        )
     return 0
 
 

@@ -215,6 +215,8 @@ def test_hf_repo_entry_downloads_matching_files_with_lfs_checksums(hub, tmp_path
     assert got == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
     assert (root / "unet/diffusion_pytorch_model.safetensors").read_bytes() == unet
     assert weights.require("test_repo", settings) == root
+    [row] = [r for r in weights.status(settings) if r.name == "test_repo"]
+    assert row.present and row.size_on_disk == len(unet) + len(b'{"_class_name": "X"}') + 2  # not the Hub metadata
     hub.served[("org/repo", "unet/diffusion_pytorch_model.safetensors")] = os.urandom(20_000)
     with pytest.raises(ChecksumError):
         fetch_weight("test_repo", settings, force=True, **QUIET)
