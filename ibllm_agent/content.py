@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ibllm_agent.errors import ContentBlockError, FetchError
+from ibllm_agent.errors import ContentBlockError
 from ibllm_agent.fetch import safe_fetch
 from ibllm_agent.media.formats import extension_modality, mime_modality
 from ibllm_agent.types import MODALITIES, Media

@@ -395,9 +395,8 @@ def fetch_weight(
     matches its patterns) go through ``huggingface_hub`` (``ibllm_agent.hub``: token, endpoint,
     offline mode, checked against the Hub's size and sha256/ETag); other URLs through ``download``.
     """
-    from ibllm_agent.hub import HubFile, hub_download, list_repo_files, parse_hub_url
-
     from ibllm_agent.config import get_settings
+    from ibllm_agent.hub import HubFile, hub_download, list_repo_files, parse_hub_url
     from ibllm_agent.weights import get_spec, how_to_get, missing_files, weights_path
 
     settings = settings or get_settings()

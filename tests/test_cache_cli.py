@@ -12,8 +12,6 @@ pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
 from typer.testing import CliRunner
 
-from ibllm_agent.errors import CacheError
-
 
 @pytest.fixture(autouse=True)
 def _restore_omp_env(monkeypatch):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage
 
+from ibllm_agent import fetch as content_fetch
 from ibllm_agent.content import (
     FETCH_CACHE,
     ContentPolicy,
@@ -23,10 +24,8 @@ from ibllm_agent.content import (
     message_text,
     split_message,
 )
-from ibllm_agent import content
-from ibllm_agent import fetch as content_fetch
-from ibllm_agent.media.formats import guess_mime
 from ibllm_agent.errors import ContentBlockError, FetchError, IbllmError
+from ibllm_agent.media.formats import guess_mime
 
 LOCAL = ContentPolicy.library(allow_private_network=True)  # the loopback test server is private
 

@@ -8,7 +8,6 @@ assert which bytes were asked for and sent.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket

@@ -12,6 +12,7 @@ import typer
 from ibllm_agent.errors import CacheError, IbllmError
 from ibllm_agent.sizes import format_size, parse_size
 
+
 def _sleeping_openmp_waiters() -> None:
     """OpenMP threads that spin while waiting make faiss many times slower on shared cores (measured:
     17 s vs 0.3 s to train a small IVF-PQ on a busy 2-core box). Must run before faiss/torch load

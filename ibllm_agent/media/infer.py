@@ -7,8 +7,8 @@ import os
 from typing import Any
 
 from .errors import UnknownFormatError
-from .limits import DEFAULT_LIMITS
 from .formats import EXTENSIONS
+from .limits import DEFAULT_LIMITS
 from .sources import (
     check_path,
     describe,

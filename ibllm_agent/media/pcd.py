@@ -16,7 +16,7 @@ _TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 
 
 def looks_like_pcd(data: bytes) -> bool:
     head = data[:256].lstrip()
-    return head.startswith(b"# .PCD") or head.startswith(b"VERSION") or head.startswith(b"FIELDS")
+    return head.startswith((b"# .PCD", b"VERSION", b"FIELDS"))
 
 
 def parse_pcd(data: bytes, desc: str):

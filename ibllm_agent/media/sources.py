@@ -21,8 +21,6 @@ from typing import Any
 from .errors import MediaNotFoundError, MediaTooLargeError, UnknownFormatError, UnreadableMediaError
 from .limits import MediaLimits
 
-from .formats import EXTENSIONS  # noqa: F401  (re-exported: older imports read it from here)
-
 
 def is_path(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike))
