@@ -13,7 +13,9 @@ Kinds:
 - ``manual``: a gated release that the user must obtain; ``how_to_get`` says how and where to put it.
 
 Checksums: ``sha256`` is filled in only where the publisher states it (openai-whisper's URLs embed
-it; Hugging Face publishes one for every LFS file of a repo entry, read at download time). Sizes
+it). Every file hosted on the Hugging Face Hub — a ``huggingface.co/.../resolve/...`` URL here or a
+file of an ``hf-repo`` entry — is fetched with ``huggingface_hub`` and checked against the size and
+ETag the Hub publishes at download time (sha256 of LFS files, git sha1 of small ones; ``hub.py``). Sizes
 marked ``exact`` are byte counts that the download is checked against; the others are the
 approximate sizes the projects give, for display.
 """
