@@ -296,6 +296,8 @@ class ChatImageBindLLM(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, values: Any) -> Any:
+        if isinstance(values, dict) and {"fetch_timeout", "fetch_max_bytes"} & set(values):
+            raise ValueError("fetch_timeout/fetch_max_bytes are fields of content_policy=ContentPolicy(...)")
         # LangChain's cross-provider name for the generation budget.
         if isinstance(values, dict) and "max_tokens" in values:
             values = dict(values)

@@ -141,6 +141,15 @@ def test_server_content_policy_refuses_local_and_private_sources(form, samples, 
         assert Path(gen.calls[0][1][0].source) == samples["image"]
 
 
+def test_fetch_limits_live_in_the_content_policy():
+    from ibllm_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="content_policy=ContentPolicy"):
+        ChatImageBindLLM(model=ScriptedGenerator(["ok"]), fetch_timeout=5)
+    chat = ChatImageBindLLM(model=ScriptedGenerator(["ok"]), content_policy=ContentPolicy(fetch_timeout=5))
+    assert chat.content_policy.fetch_timeout == 5 and chat.content_policy.allow_local_files
+
+
 @pytest.mark.parametrize("modality", list(KINDS))
 def test_media_load_gives_the_encoder_shape(modality, samples):
     media_mod = pytest.importorskip("ibllm_agent.media")
