@@ -10,6 +10,8 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+from helpers import clustered, unit
+
 from ibllm_agent import CacheSettings, VisualCache
 from ibllm_agent.cache import store
 from ibllm_agent.cache.index import plan_index
@@ -21,26 +23,7 @@ from ibllm_agent.errors import (
     IbllmError,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """faiss' OpenMP threads spin-wait; on a shared 2-core CI box one thread is many times faster."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return a / np.linalg.norm(a, axis=-1, keepdims=True)
-
-
-def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
-    """Unit vectors around random centres, rounded to float16 values (what a cache stores)."""
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.standard_normal((clusters, d)))
-    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d)) / np.sqrt(d)
-    return unit(x).astype(np.float16).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # see tests/conftest.py
 
 
 def reference_enhance(f: np.ndarray, bank: np.ndarray, k: int, t: float, alpha: float) -> np.ndarray:
