@@ -13,6 +13,7 @@ copy is used, nothing is asked of the network), and its per-folder metadata
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -136,12 +137,24 @@ def _hub_error(hub: HubFile, exc: Exception) -> DownloadError:
     return DownloadError(f"download of {hub.url} ({hub.repo_id}@{hub.revision}: {hub.filename}) failed: {why}", url=hub.url)
 
 
-def _local_dir(dest: Path, filename: str) -> Path:
-    """The folder that ``filename`` (a repo path) must be placed under to land at ``dest``."""
+def _local_dir(dest: Path, filename: str) -> Path | None:
+    """The folder that ``filename`` (a repo path) must be placed under to land at ``dest``; ``None``
+    when the registry renames the file (e.g. ``vocab.txt`` stored as ``bert-base-uncased-vocab.txt``)."""
     parts = Path(filename).parts
     if dest.parts[-len(parts) :] != parts:
-        raise DownloadError(f"registry path {dest} does not end with the Hub file name {filename!r}")
+        return None
     return dest.parents[len(parts) - 1]
+
+
+def _matches(path: Path, etag: str | None, size: int | None) -> bool:
+    """Whether a present file is the Hub's version (size, then sha256 / git sha1 of the ETag)."""
+    if size is not None and path.stat().st_size != size:
+        return False
+    if etag and _SHA256.fullmatch(etag):
+        return _sha256(path) == etag
+    if etag and _SHA1.fullmatch(etag):
+        return git_blob_sha1(path) == etag
+    return False
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -168,12 +181,15 @@ def hub_download(
     Online, the Hub's metadata is read first; when the Hub cannot be reached a present copy is kept.
     A file that is (re)downloaded is verified; an unchanged one (same ETag) is not read again.
     ``force`` downloads into a staging folder and replaces ``dest`` only after verification, so a
-    failed forced download keeps the old copy.
+    failed forced download keeps the old copy; so does a file the registry stores under another
+    name than the Hub's (checked by content against the ETag when present, no metadata kept).
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     local_dir = _local_dir(dest, hub.filename)
+    # Forced and renamed files are downloaded into a staging folder and moved into place once verified.
+    staged = force or local_dir is None
     common = {"revision": hub.revision, "endpoint": hf_endpoint(), "token": _token(), "etag_timeout": timeout}
     if not progress:
         common["tqdm_class"] = _quiet_tqdm()
@@ -181,7 +197,11 @@ def hub_download(
         if force:
             raise DownloadError(f"cannot force a download of {hub.url}: HF_HUB_OFFLINE is set", url=hub.url)
         try:
-            hf_hub_download(hub.repo_id, hub.filename, local_dir=local_dir, local_files_only=True, **common)
+            if local_dir is None:
+                if not dest.is_file():
+                    raise LocalEntryNotFoundError(str(dest))
+            else:
+                hf_hub_download(hub.repo_id, hub.filename, local_dir=local_dir, local_files_only=True, **common)
         except (LocalEntryNotFoundError, OfflineModeIsEnabled):
             raise DownloadError(
                 f"{dest} is not present and HF_HUB_OFFLINE is set: unset it to download {hub.url}", url=hub.url
@@ -195,23 +215,31 @@ def hub_download(
             say(f"{dest} already present (could not check the Hub for changes: {_hub_error(hub, exc)})")
             return dest
         raise _hub_error(hub, exc) from None
+    expected_size = meta.size if size is None else size
+    if local_dir is None and not force and dest.is_file() and _matches(dest, meta.etag, expected_size):
+        say(f"{dest} already present (matches the Hub's ETag)")
+        return dest
     before = _signature(dest)
-    target = local_dir
-    if force:
-        target = local_dir / ".cache" / "ibllm-staging"
+    target = dest.parent / ".cache" / "ibllm-staging" if staged else local_dir
+    if staged:
         shutil.rmtree(target, ignore_errors=True)
     try:
-        got = Path(hf_hub_download(hub.repo_id, hub.filename, local_dir=target, force_download=force, **common))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise _hub_error(hub, exc) from None
-    if force or _signature(got) != before:
-        verify(got, hub.url, etag=meta.etag, size=meta.size if size is None else size, sha256=sha256)
-        say(f"downloaded {hub.repo_id}/{hub.filename} -> {dest} (verified against the Hub)")
-    else:
-        say(f"{dest} already present (ETag unchanged on the Hub)")
-    if force:
-        os.replace(got, dest)
-        shutil.rmtree(target, ignore_errors=True)
+        try:
+            got = Path(hf_hub_download(hub.repo_id, hub.filename, local_dir=target, force_download=staged, **common))
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            raise _hub_error(hub, exc) from None
+        if staged or _signature(got) != before:
+            verify(got, hub.url, etag=meta.etag, size=expected_size, sha256=sha256)
+            say(f"downloaded {hub.repo_id}/{hub.filename} -> {dest} (verified against the Hub)")
+        else:
+            say(f"{dest} already present (ETag unchanged on the Hub)")
+        if staged:
+            os.replace(got, dest)
+    finally:
+        if staged:
+            shutil.rmtree(target, ignore_errors=True)
+            with contextlib.suppress(OSError):  # .cache/ itself, unless huggingface_hub keeps metadata there
+                target.parent.rmdir()
     return dest
 
 

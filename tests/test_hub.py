@@ -263,8 +263,32 @@ def test_hub_urls_parse_and_every_registry_hub_file_fits_its_path(monkeypatch):
     hub_files = [(f.path, parse_hub_url(f.url)) for s in weights.WEIGHTS.values() for f in s.files if f.url]
     hub_files = [(path, h) for path, h in hub_files if h]
     assert len(hub_files) >= 7  # adapters, imagebind_w3d, knn index, open-chinese delta files
-    for path, h in hub_files:
-        assert Path(path).parts[-len(Path(h.filename).parts):] == Path(h.filename).parts, path
+    kept = [path for path, h in hub_files if Path(path).parts[-len(Path(h.filename).parts):] == Path(h.filename).parts]
+    assert len(kept) >= 7  # most keep the Hub's name (huggingface_hub's local_dir bookkeeping applies)
+
+
+def test_registry_name_differing_from_the_hub_name(hub, tmp_path, monkeypatch):
+    """e.g. bert-base-uncased ``vocab.txt`` stored as ``groundingdino/bert-base-uncased-vocab.txt``."""
+    vocab = b"[PAD]\n[UNK]\nhello\n"
+    hub.files["org/bert"] = {"vocab.txt": vocab}
+    spec = WeightSpec(name="test_renamed", kind="file", path="gd/bert-vocab.txt", description="d", licence="MIT",
+                      source="s", size_bytes=None,
+                      files=(WeightFile("gd/bert-vocab.txt", "https://huggingface.co/org/bert/resolve/main/vocab.txt"),))
+    monkeypatch.setitem(weights.WEIGHTS, spec.name, spec)
+    settings = get_settings(weights_dir=tmp_path / "w")
+    path = fetch_weight("test_renamed", settings, **QUIET)
+    assert path.read_bytes() == vocab and sorted(p.name for p in path.parent.iterdir()) == ["bert-vocab.txt"]
+    fetch_weight("test_renamed", settings, **QUIET)  # present and matching the ETag: not fetched again
+    assert len(hub.gets()) == 1
+    path.write_bytes(b"[PAD]\n[UNK]\nhellO\n")  # same size, other content: fetched again
+    assert fetch_weight("test_renamed", settings, **QUIET).read_bytes() == vocab and len(hub.gets()) == 2
+    hub.served[("org/bert", "vocab.txt")] = b"[PAD]\n[UNK]\nHELLO\n"
+    with pytest.raises(ChecksumError, match="git blob sha1"):
+        fetch_weight("test_renamed", settings, force=True, **QUIET)
+    assert path.read_bytes() == vocab and sorted(p.name for p in path.parent.iterdir()) == ["bert-vocab.txt"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.log.clear()
+    assert fetch_weight("test_renamed", settings, **QUIET) == path and hub.log == []
 
 
 def test_git_blob_sha1_matches_git(tmp_path):
