@@ -139,3 +139,7 @@ class ManualWeightMissingError(MissingWeightError):
 class EncoderInputError(IbllmError, ValueError):
     """A tensor handed to the ImageBind encoders has the wrong modality name, shape, dtype or values
     (the message names the modality, the expected shape and what was given)."""
+
+
+class UnknownLanguageError(IbllmError, ValueError):
+    """A speech-recognition language that Whisper does not know (the message lists the codes)."""
