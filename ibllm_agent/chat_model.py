@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import os
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -33,7 +30,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from ibllm_agent import protocol as P
 from ibllm_agent.content import FetchLimits, MessageContent, message_text, split_message
 from ibllm_agent.errors import ConfigError, ContentBlockError, ToolArgumentError
-from ibllm_agent.experts import run_experts, with_context
+from ibllm_agent.experts import FindingsStore, block_context, remembered, run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
 from ibllm_agent.step_stream import StepStream, StopCutter
 from ibllm_agent.types import CacheSettings, Media, Sampling, TextGenerator
@@ -164,8 +161,11 @@ class ChatImageBindLLM(BaseChatModel):
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
         for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
-        ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
-        captions) are remembered per attachment content, so later agent steps do not rerun them.
+        ``(recognized text: …)`` before the message text (see ``ibllm_agent.experts``; per call:
+        ``experts=False``). Findings (and captions) are remembered per attachment content hash, so
+        later agent steps do not rerun them; ``findings_store``: a ``FindingsStore`` (e.g. a JSON
+        file) to share them across processes. Lines found in a block's ``extras["context"]`` (the
+        agent puts them there) are used as they are.
 
     Key init args — tools (GPT4Tools protocol):
         protocol: ``"training"`` (the prompt the GPT4Tools LoRA was trained on, default) or ``"demo"``.
@@ -272,6 +272,7 @@ class ChatImageBindLLM(BaseChatModel):
     system_messages: Literal["prepend", "ignore"] = "prepend"
     invalid_retries: int = 0
     experts: list[Any] = Field(default_factory=list)
+    findings_store: Any = Field(default=None, exclude=True)
     captioner: Any = None
     media_namer: Callable[[Media], str] | None = None
     file_resolver: Callable[[str], Any] | None = None
@@ -286,11 +287,10 @@ class ChatImageBindLLM(BaseChatModel):
     fetch_timeout: float = 10.0
     fetch_max_bytes: int = 64 * 1024 * 1024
 
-    # (expert id, modality, source key) -> finding: experts and the captioner run once per
-    # attachment, not on every model call (an agent turn calls the model once per step, and every call
+    # Findings when no findings_store is given: experts and the captioner run once per attachment
+    # content, not on every model call (an agent turn calls the model once per step, and every call
     # re-reads the thread's attachments).
-    _findings: OrderedDict = PrivateAttr(default_factory=OrderedDict)
-    _findings_lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _findings: Any = PrivateAttr(default_factory=FindingsStore)
 
     @model_validator(mode="before")
     @classmethod
@@ -417,6 +417,7 @@ class ChatImageBindLLM(BaseChatModel):
         choice = P.tool_choice_name(kwargs.pop("tool_choice", None))
         weights = {**self.modality_weights, **(kwargs.pop("modality_weights", None) or {})}
         cache = self._cache_settings(kwargs.pop("cache", None))
+        use_experts = bool(kwargs.pop("experts", True))
         sampling_kw = {k: kwargs.pop(k) for k in _SAMPLING_KWARGS if k in kwargs}
         for key in list(kwargs):
             if key.startswith("ls_") or key in _IGNORED_KWARGS:
@@ -424,12 +425,12 @@ class ChatImageBindLLM(BaseChatModel):
         if kwargs:
             raise ConfigError(
                 f"unknown ChatImageBindLLM call option(s) {sorted(kwargs)}; known: tools, tool_choice, "
-                f"modality_weights, cache, {', '.join(_SAMPLING_KWARGS)}"
+                f"modality_weights, cache, experts, {', '.join(_SAMPLING_KWARGS)}"
             )
         if choice == "none" and not tools:
             choice = None
 
-        convo = _Conversation.build(self, messages, weights)
+        convo = _Conversation.build(self, messages, weights, use_experts)
         stops = list(P.STOP_SEQUENCES) if tools else []
         if not tools and convo.past:
             stops.append("\nHuman:")  # a single-turn model must not write the next human turn
@@ -579,21 +580,9 @@ class ChatImageBindLLM(BaseChatModel):
         return out
 
     def _finding(self, expert: Any, media: Media) -> str | None:
-        """``expert(media)``, remembered per attachment content (the last 256 findings)."""
-        key = _source_key(media.source)
-        if key is None:
-            return expert(media)
-        key = (id(expert), media.modality, key)
-        with self._findings_lock:
-            if key in self._findings:
-                self._findings.move_to_end(key)
-                return self._findings[key]
-        value = expert(media)  # an exception is not remembered: the next call tries again
-        with self._findings_lock:
-            self._findings[key] = value
-            while len(self._findings) > 256:
-                self._findings.popitem(last=False)
-        return value
+        """``expert(media)``, remembered per attachment content hash (``findings_store``)."""
+        store = self.findings_store if self.findings_store is not None else self._findings
+        return remembered(expert, media, store)
 
     # -- LangChain entry points --------------------------------------------------------------------
     def _generate(
@@ -765,21 +754,6 @@ class ChatImageBindLLM(BaseChatModel):
             await worker
 
 
-def _source_key(source: Any) -> tuple | None:
-    """What identifies an attachment's content for remembering expert findings: a file's path, size
-    and modification time, or a digest of bytes; ``None`` (do not remember) for other objects."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return ("bytes", hashlib.sha1(bytes(source)).hexdigest())
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source).removeprefix("file://")
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        return ("file", os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    return None
-
-
 class _Remembered:
     """An expert whose findings the chat model remembers per attachment (see ``_finding``)."""
 
@@ -821,7 +795,8 @@ class _Conversation:
     tail: list[BaseMessage]
 
     @classmethod
-    def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float]):
+    def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float],
+              use_experts: bool = True):
         limits = FetchLimits(timeout=chat.fetch_timeout, max_bytes=chat.fetch_max_bytes)
 
         def split(msg: BaseMessage):
@@ -850,7 +825,7 @@ class _Conversation:
                     named = [chat._named(x) for x in content.media]
                     last_media = named
                     past += chat._announce(named, content.descriptions)
-                pending = content.text
+                pending = with_context(content.text, block_context(m.content)[0] if use_experts else [])
             elif isinstance(m, AIMessage) and not m.tool_calls and not m.invalid_tool_calls:
                 answer = message_text(m)
                 if pending is not None and answer:
@@ -864,7 +839,10 @@ class _Conversation:
             content = split(rest[last_h])
             media = [chat._named(x) for x in content.media]
             announcements = chat._announce(media, content.descriptions)
-            text = with_context(content.text, run_experts([_Remembered(chat, e) for e in chat.experts], media))
+            lines, settled = block_context(rest[last_h].content)
+            if use_experts and not settled:
+                lines = run_experts([_Remembered(chat, e) for e in chat.experts], media)
+            text = with_context(content.text, lines if use_experts else [])
         return cls(system or None, past, text, media or last_media, announcements, rest[last_h + 1 :])
 
     def past_pairs(self) -> list[tuple[str, str]]:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ibllm_agent.errors import MissingWeightError, UnknownLanguageError
-from ibllm_agent.media.errors import EmptyMediaError, MediaTooLargeError
 from ibllm_agent.tools import speech
 from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings, Transcript
 
+from ibllm_agent.errors import MissingWeightError, UnknownLanguageError
+from ibllm_agent.media.errors import EmptyMediaError, MediaTooLargeError
+
 pytest.importorskip("whisper")
-from conftest import shared_path  # noqa: E402
+from conftest import shared_path
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16_000) -> Path:
@@ -105,7 +105,7 @@ def test_silent_windows_are_skipped_and_silence_is_empty(recognizer, decode_call
 
 def test_segments_from_timestamp_tokens(recognizer):
     tok = recognizer._tokenizer()
-    ts = lambda s: tok.timestamp_begin + round(s / 0.02)  # noqa: E731
+    ts = lambda s: tok.timestamp_begin + round(s / 0.02)
     hello, world = tok.encode(" hello"), tok.encode(" world")
     tokens = [ts(0.0), *hello, ts(1.0), ts(1.0), *world, ts(2.5)]
     segs = recognizer._segments(tokens, 30.0, 30.0)

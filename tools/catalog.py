@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ALL_TOOL_NAMES",
     "INPUT_DEFAULTS",
     "INPUT_FIELDS",
     "PROJECT_DESCRIPTIONS",
     "RUNTIME_DESCRIPTIONS",
-    "ALL_TOOL_NAMES",
     "TOOL_NAMES",
     "TRAINING_DESCRIPTIONS",
     "TRAINING_OUTPUT_FORMAT",

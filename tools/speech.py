@@ -29,8 +29,8 @@ from ibllm_agent.errors import ConfigError, UnknownLanguageError
 
 __all__ = [
     "SIZES",
-    "Segment",
     "TOOL_NAME",
+    "Segment",
     "SpeechRecognizer",
     "SpeechSettings",
     "Transcript",
@@ -136,10 +136,9 @@ def load_speech(source: Any, max_duration_s: float | None):
 
     Raises the media errors of ``decode_audio`` (``MediaTooLargeError`` past ``max_duration_s``,
     ``EmptyMediaError`` for a file without audio, ``UnreadableMediaError`` …)."""
+    import numpy as np
     import torch
     import torchaudio
-
-    import numpy as np
 
     from ibllm_agent.media.audio import decode_audio
     from ibllm_agent.media.errors import EmptyMediaError
