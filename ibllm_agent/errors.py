@@ -143,3 +143,8 @@ class EncoderInputError(IbllmError, ValueError):
 
 class UnknownLanguageError(IbllmError, ValueError):
     """A speech-recognition language that Whisper does not know (the message lists the codes)."""
+
+
+class ToolInputError(IbllmError, ValueError):
+    """A tool's input is unusable: empty object text, a file that is not an image, an image over the
+    size limit, an unknown media file. The agent turns it into an error observation the model reads."""
