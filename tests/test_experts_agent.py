@@ -67,7 +67,7 @@ def test_line_before_the_instruction_once_per_file_across_steps_and_turns(tmp_pa
         agent.send("t1", "and then?")
         assert gen.calls[2][0].count(LINE) <= 1 and expert.runs == 1
         # the finding is stored with the thread: in the message and in the thread's findings file
-        (human,) = [m for m in agent.history("t1") if m.type == "human"][:1]
+        human = next(m for m in agent.history("t1") if m.type == "human")
         block = [b for b in human.content if b.get("type") == "audio"][0]
         assert block["extras"]["context"] == [LINE]
         store = FindingsStore(agent.workspace.thread("t1").root / FINDINGS_FILE)
@@ -159,7 +159,7 @@ def test_cache_survives_a_process_restart(tmp_path, wav):
 
     def turn(audio: str, text: str) -> str:
         out = subprocess.run([sys.executable, str(script), str(tmp_path), audio, text],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])["prompt"]
 
@@ -234,3 +234,25 @@ def test_empty_audio_gives_an_empty_transcript_observation(tmp_path):
         r = agent.send("t1", "transcribe", [(silent, "audio")])
         assert r.tool_calls[0].status == "success"
         assert r.tool_calls[0].output == "No speech was recognized in the audio."
+
+
+def test_default_experts_use_the_model_pool(tmp_path, wav):
+    from test_video_tool import SquareDetector, write_video
+
+    from ibllm_agent.agent.models import ModelPool
+    from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings
+    from ibllm_agent.tools.video import DETECTOR_KEY
+
+    pool = ModelPool(device="cpu")
+    loads: list[str] = []
+    pool.register("whisper_tiny", lambda d: loads.append("asr") or SpeechRecognizer.tiny_random(SpeechSettings(sample_len=4)))
+    pool.register(DETECTOR_KEY, lambda d: loads.append("det") or SquareDetector())
+    video = write_video(tmp_path / "v.mp4")
+    gen = ScriptedGenerator(["ok"])
+    with _agent(gen, tmp_path, pool=pool, experts=True) as agent:
+        assert [e.name for e in agent.experts.experts] == ["recognized text", "detected object classes"]
+        agent.send("t1", "what happens?", [(wav, "audio"), (video, "video")])
+    prompt = gen.calls[0][0]
+    # the random Whisper says something; the detector finds nothing of the default vocabulary
+    assert prompt.startswith("(recognized text: ") and prompt.count("(recognized text: ") == 1
+    assert "detected object classes" not in prompt and sorted(loads) == ["asr", "det"]
