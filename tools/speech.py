@@ -189,15 +189,16 @@ class SpeechRecognizer:
 
     @classmethod
     def tiny_random(cls, settings: SpeechSettings | None = None, *, seed: int = 0, device: str = "cpu",
-                    n_mels: int = 80) -> SpeechRecognizer:
+                    n_mels: int = 80, n_text_ctx: int = 448) -> SpeechRecognizer:
         """A random-init multilingual Whisper with one 64-wide layer (tests, benchmarks; its
-        transcripts are noise). The tokenizer is the real offline one."""
+        transcripts are noise). The tokenizer is the real offline one. A small ``n_text_ctx`` bounds
+        the tokens per window (half of it) for checkpoints loaded without ``SpeechSettings``."""
         import torch
         from whisper.model import ModelDimensions, Whisper
 
         torch.manual_seed(seed)
         dims = ModelDimensions(n_mels=n_mels, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-                               n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+                               n_vocab=51865, n_text_ctx=n_text_ctx, n_text_state=64, n_text_head=2, n_text_layer=1)
         return cls(Whisper(dims).to(device).eval(), settings)
 
     @property
