@@ -64,9 +64,8 @@ def write_video(path: Path, seconds: float, fps: int = 25, size: tuple[int, int]
 
 def bench_speech(audio: Path, seconds: float, sample_len: int) -> list[tuple]:
     import torch
-    from whisper.model import ModelDimensions, Whisper
-
     from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings
+    from whisper.model import ModelDimensions, Whisper
 
     settings = SpeechSettings(sample_len=sample_len)
     rows = []
