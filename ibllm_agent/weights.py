@@ -309,6 +309,14 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         " (the maintained copy of runwayml/stable-diffusion-inpainting, which was taken down)",
     ),
     _diffusers(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 (diffusers layout), for the text-to-image tool.",
+        "CreativeML OpenRAIL-M",
+        int(5.2 * _GB),
+        " (the maintained copy of runwayml/stable-diffusion-v1-5, which was taken down)",
+    ),
+    _diffusers(
         "sd21_unclip",
         "stabilityai/stable-diffusion-2-1-unclip",
         "Stable Diffusion 2.1 unCLIP (diffusers layout): images from ImageBind embeddings (any-to-image).",

@@ -25,6 +25,7 @@ NAMES = [
     "sam_vit_l",
     "sam_vit_b",
     "sd_inpainting",
+    "sd15",
     "sd21_unclip",
     "instruct_pix2pix",
     "whisper_tiny",

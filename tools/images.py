@@ -34,6 +34,7 @@ class ToolOptions:
     the unCLIP output (768 for SD 2.1 unCLIP). ``seed``: fixed seed for diffusion (``None`` = random).
     ``mask_dilation``: pixels the SAM mask grows before inpainting (GPT4Tools pads by 20).
     ``progress``: show diffusers' progress bar (on stderr) during diffusion.
+    ``sam_points_per_side``: the point grid of SAM's automatic mask generator ("Segment the Image").
     """
 
     box_threshold: float = 0.3
@@ -45,6 +46,7 @@ class ToolOptions:
     seed: int | None = None
     mask_dilation: int = 20
     progress: bool = True
+    sam_points_per_side: int = 32
 
 
 def require_text(value: Any, what: str) -> str:
