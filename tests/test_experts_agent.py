@@ -68,7 +68,7 @@ def test_line_before_the_instruction_once_per_file_across_steps_and_turns(tmp_pa
         assert gen.calls[2][0].count(LINE) <= 1 and expert.runs == 1
         # the finding is stored with the thread: in the message and in the thread's findings file
         human = next(m for m in agent.history("t1") if m.type == "human")
-        block = [b for b in human.content if b.get("type") == "audio"][0]
+        block = next(b for b in human.content if b.get("type") == "audio")
         assert block["extras"]["context"] == [LINE]
         store = FindingsStore(agent.workspace.thread("t1").root / FINDINGS_FILE)
         assert store.get(f"test_asr|audio|{content_hash(wav)}") == (True, "turn left at the corner")
@@ -237,15 +237,15 @@ def test_empty_audio_gives_an_empty_transcript_observation(tmp_path):
 
 
 def test_default_experts_use_the_model_pool(tmp_path, wav):
+    from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings
+    from ibllm_agent.tools.video import DETECTOR_KEY
     from test_video_tool import SquareDetector, write_video
 
     from ibllm_agent.agent.models import ModelPool
-    from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings
-    from ibllm_agent.tools.video import DETECTOR_KEY
 
     pool = ModelPool(device="cpu")
     loads: list[str] = []
-    pool.register("whisper_tiny", lambda d: loads.append("asr") or SpeechRecognizer.tiny_random(SpeechSettings(sample_len=4)))
+    pool.register("whisper", lambda d: loads.append("asr") or SpeechRecognizer.tiny_random(SpeechSettings(sample_len=4)))
     pool.register(DETECTOR_KEY, lambda d: loads.append("det") or SquareDetector())
     video = write_video(tmp_path / "v.mp4")
     gen = ScriptedGenerator(["ok"])

@@ -36,7 +36,9 @@ __all__ = [
     "Transcript",
     "console_progress",
     "load_speech",
+    "model_key",
     "normalize_language",
+    "resolve_size",
     "observation",
     "speech_tool",
     "weight_name",
@@ -45,6 +47,8 @@ __all__ = [
 SAMPLE_RATE = 16_000
 WINDOW_S = 30  # Whisper's fixed input window (whisper.audio.CHUNK_LENGTH)
 SIZES = ("tiny", "base", "small", "medium", "large-v3", "turbo")
+# "auto": the first of these whose checkpoint is in the weights dir (the largest present, like SAM).
+AUTO_ORDER = ("turbo", "large-v3", "medium", "small", "base", "tiny")
 
 Progress = Callable[[int, int], None]  # (windows done, windows in total)
 
@@ -53,7 +57,8 @@ Progress = Callable[[int, int], None]  # (windows done, windows in total)
 class SpeechSettings:
     """How the recogniser runs.
 
-    size: the Whisper checkpoint (``tiny`` … ``large-v3``, ``turbo``). max_duration_s: longer audio is
+    size: the Whisper checkpoint (``tiny`` … ``large-v3``, ``turbo``; ``auto`` = the largest one in the
+    weights dir, in the order turbo, large-v3, medium, small, base, tiny). max_duration_s: longer audio is
     refused. batch_size: 30 s windows decoded together. silence_peak: a recording whose absolute peak
     stays below this is silent (empty transcript, no model call). no_speech_threshold /
     logprob_threshold: Whisper's own rule for dropping a window as silence (no-speech probability
@@ -61,7 +66,7 @@ class SpeechSettings:
     per window at most (default: half the text context, 224).
     """
 
-    size: str = "tiny"
+    size: str = "auto"
     max_duration_s: float = 3 * 3600.0
     batch_size: int = 4
     silence_peak: float = 1e-3
@@ -70,8 +75,8 @@ class SpeechSettings:
     sample_len: int | None = None
 
     def __post_init__(self) -> None:
-        if self.size not in SIZES:
-            raise ConfigError(f"unknown Whisper size {self.size!r}; use one of {', '.join(SIZES)}")
+        if self.size not in (*SIZES, "auto"):
+            raise ConfigError(f"unknown Whisper size {self.size!r}; use auto or one of {', '.join(SIZES)}")
         if self.max_duration_s <= 0 or self.batch_size < 1:
             raise ConfigError("SpeechSettings: max_duration_s must be > 0 and batch_size >= 1")
 
@@ -108,6 +113,21 @@ class Transcript:
 def weight_name(size: str) -> str:
     """Registry entry of a Whisper size: ``large-v3`` → ``whisper_large_v3``."""
     return f"whisper_{size.replace('-', '_')}"
+
+
+def model_key(settings: SpeechSettings) -> str:
+    """The model-pool key of the recogniser ``settings`` load (``whisper`` for ``auto``)."""
+    return "whisper" if settings.size == "auto" else weight_name(settings.size)
+
+
+def resolve_size(size: str, app_settings: Any = None) -> str:
+    """``auto`` → the first size of ``AUTO_ORDER`` whose checkpoint is present (``tiny`` when none is,
+    so the missing-weight error names the smallest download); other sizes unchanged."""
+    if size != "auto":
+        return size
+    from ibllm_agent.weights import missing_files
+
+    return next((s for s in AUTO_ORDER if not missing_files(weight_name(s), app_settings)), "tiny")
 
 
 def normalize_language(language: str | None) -> str | None:
@@ -181,7 +201,7 @@ class SpeechRecognizer:
 
         settings = settings or SpeechSettings()
         app = app_settings or get_settings()
-        path = require(weight_name(settings.size), app)
+        path = require(weight_name(resolve_size(settings.size, app)), app)
         dev = resolve_device(device if device is not None else app)
         dt = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype if dtype is not None else app, dev)
         model = whisper.load_model(str(path), device=dev)
@@ -199,7 +219,10 @@ class SpeechRecognizer:
         torch.manual_seed(seed)
         dims = ModelDimensions(n_mels=n_mels, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
                                n_vocab=51865, n_text_ctx=n_text_ctx, n_text_state=64, n_text_head=2, n_text_layer=1)
-        return cls(Whisper(dims).to(device).eval(), settings)
+        model = Whisper(dims)
+        with torch.no_grad():  # whisper leaves the decoder's positions uninitialised (torch.empty)
+            model.decoder.positional_embedding.normal_(0.0, 0.02)
+        return cls(model.to(device).eval(), settings)
 
     @property
     def size_bytes(self) -> int:
@@ -367,8 +390,8 @@ def speech_tool(settings: SpeechSettings | None = None, *, loader: Callable[[str
 
     Its observation is the transcript; its artifact (``ToolMessage.artifact``) the
     ``Transcript.to_artifact()`` dict with language and segment timestamps. The Whisper model loads
-    lazily into the agent's model pool (key ``whisper_<size>``) through ``loader(device)`` (default:
-    ``SpeechRecognizer.from_weights``). ``progress``: draw a progress bar on stderr (default: when
+    lazily into the agent's model pool (key ``whisper`` for size ``auto``, else ``whisper_<size>``)
+    through ``loader(device)`` (default: ``SpeechRecognizer.from_weights``). ``progress``: draw a progress bar on stderr (default: when
     stderr is a terminal).
     """
     import sys
@@ -386,8 +409,5 @@ def speech_tool(settings: SpeechSettings | None = None, *, loader: Callable[[str
                                            progress=console_progress() if show else None)
         return observation(transcript), transcript.to_artifact()
 
-    from ibllm_agent.weights import get_spec
-
-    return gpt4tools_tool(TOOL_NAME, run, model_key=weight_name(settings.size), loader=loader or load,
-                          size_bytes=get_spec(weight_name(settings.size)).size_bytes,
+    return gpt4tools_tool(TOOL_NAME, run, model_key=model_key(settings), loader=loader or load,
                           response_format="content_and_artifact")

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 TOOL_NAME = "Detect Objects In Video"
-DETECTOR_KEY = "groundingdino_swint_ogc"  # the pool key of the vision tools' detector (shared model)
+DETECTOR_KEY = "groundingdino"  # the pool key of the vision tools' detector (one model for both)
 
 
 @dataclass(frozen=True)
@@ -267,9 +267,9 @@ def _aggregate(times: list[float], per_frame: list[list[Any]]) -> list[ObjectTra
 
 def load_detector(device: str = "cpu") -> Any:
     """Model-pool loader of the vision tools' detector (GroundingDINO from the weights dir)."""
-    from ibllm_agent.tools.detection import load_detector as load
+    from ibllm_agent.tools.backends import ToolKit
 
-    return load(device)
+    return ToolKit().loader(DETECTOR_KEY)(device)
 
 
 def video_tool(settings: VideoSettings | None = None, *, loader: Any = None) -> Any:
@@ -282,7 +282,7 @@ def video_tool(settings: VideoSettings | None = None, *, loader: Any = None) -> 
     become new workspace images named in the observation.
     """
     from ibllm_agent.agent.registry import gpt4tools_tool
-    from ibllm_agent.weights import get_spec
+    from ibllm_agent.tools.backends import BACKENDS
 
     settings = settings or VideoSettings()
 
@@ -294,4 +294,5 @@ def video_tool(settings: VideoSettings | None = None, *, loader: Any = None) -> 
         return report.summary(), report.to_artifact()
 
     return gpt4tools_tool(TOOL_NAME, run, model_key=DETECTOR_KEY, loader=loader or load_detector,
-                          size_bytes=get_spec(DETECTOR_KEY).size_bytes, response_format="content_and_artifact")
+                          size_bytes=None if loader else BACKENDS[DETECTOR_KEY].size_bytes,
+                          response_format="content_and_artifact")

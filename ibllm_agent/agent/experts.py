@@ -36,11 +36,11 @@ class _PooledSpeech:
     """A ``SpeechRecognizer`` taken from the model pool for each call (registered on first use)."""
 
     def __init__(self, pool: ModelPool, settings: Any = None):
-        from ibllm_agent.tools.speech import SpeechSettings, weight_name
+        from ibllm_agent.tools.speech import SpeechSettings, model_key
 
         self.pool = pool
         self.settings = settings or SpeechSettings()
-        self.key = weight_name(self.settings.size)
+        self.key = model_key(self.settings)
 
     def transcribe(self, source: Any, language: str | None = None) -> Any:
         from ibllm_agent.tools.speech import SpeechRecognizer
