@@ -43,11 +43,15 @@ class _PooledSpeech:
         self.key = model_key(self.settings)
 
     def transcribe(self, source: Any, language: str | None = None) -> Any:
-        from ibllm_agent.tools.speech import SpeechRecognizer
+        import sys
+
+        from ibllm_agent.tools.speech import SpeechRecognizer, console_progress
 
         _ensure(self.pool, self.key, lambda device: SpeechRecognizer.from_weights(self.settings, device=device))
+        # A long recording takes a while before the turn starts: show it in a terminal (the CLI).
+        progress = console_progress("transcribing the attachment") if sys.stderr.isatty() else None
         with self.pool.use(self.key) as recognizer:
-            return recognizer.transcribe(source, language)
+            return recognizer.transcribe(source, language, progress=progress)
 
 
 class _PooledVideo:
