@@ -256,3 +256,15 @@ def test_default_experts_use_the_model_pool(tmp_path, wav):
     # the random Whisper says something; the detector finds nothing of the default vocabulary
     assert prompt.startswith("(recognized text: ") and prompt.count("(recognized text: ") == 1
     assert "detected object classes" not in prompt and sorted(loads) == ["asr", "det"]
+
+
+def test_async_send_takes_the_per_turn_switch(tmp_path, wav):
+    import asyncio
+
+    expert = Counting()
+    gen = ScriptedGenerator(["a", "b"])
+    with _agent(gen, tmp_path, experts=[expert]) as agent:
+        asyncio.run(agent.asend("t1", "off", [(wav, "audio")], experts=False))
+        assert expert.runs == 0 and gen.calls[0][0].startswith("off")
+        asyncio.run(agent.asend("t1", "on", [(wav, "audio")]))
+        assert expert.runs == 1 and gen.calls[1][0].startswith(f"{LINE}\non")

@@ -174,3 +174,14 @@ def test_from_weights_loads_an_openai_whisper_checkpoint(recognizer, tmp_path, m
     assert not loaded.fp16
     for k, v in recognizer.model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v)
+
+
+def test_console_progress_draws_a_bar_for_long_audio(capsys):
+    update = speech.console_progress("transcribing")
+    update(0, 1)  # a single window: no bar
+    assert capsys.readouterr().err == ""
+    update = speech.console_progress("transcribing")
+    for done in range(4):
+        update(done, 3)
+    err = capsys.readouterr().err
+    assert "transcribing:" in err and "/3 [" in err  # a bar over the 3 windows (cleared when done)
