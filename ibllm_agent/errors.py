@@ -148,3 +148,8 @@ class UnknownLanguageError(IbllmError, ValueError):
 class ToolInputError(IbllmError, ValueError):
     """A tool's input is unusable: empty object text, a file that is not an image, an image over the
     size limit, an unknown media file. The agent turns it into an error observation the model reads."""
+
+
+class EvalDataError(IbllmError, ValueError):
+    """An evaluation file (ground truth, predictions, MME questions) is missing, not JSON, or lacks a
+    field; the message names the file, the item and the field."""
