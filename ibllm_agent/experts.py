@@ -116,16 +116,18 @@ def content_hash(source: Any) -> str | None:
 class FindingsStore:
     """Expert findings keyed by ``(expert key, modality, content hash)``.
 
-    ``path=None`` keeps them in memory; with a path they are a small JSON file, re-read when another
+    ``path=None`` keeps them in memory (the newest ``max_entries``); with a path they are a small JSON
+    file, re-read when another
     process changed it and rewritten atomically (temp file + rename) after each new finding, so
     several processes working on one thread share what was computed. ``None`` findings ("nothing
     to say") are remembered too; exceptions are not (the next call tries again).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, max_entries: int | None = None):
         self.path = None if path is None else Path(path)
+        self.max_entries = max_entries
         self._data: dict[str, str | None] = {}
-        self._mtime: int | None = None
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
         self._lock = threading.Lock()
 
     @staticmethod
@@ -136,10 +138,11 @@ class FindingsStore:
         if self.path is None:
             return
         try:
-            mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
         except OSError:
             return
-        if mtime == self._mtime:
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
             return
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -148,7 +151,7 @@ class FindingsStore:
             return
         if isinstance(data, dict):
             self._data.update({str(k): (None if v is None else str(v)) for k, v in data.items()})
-        self._mtime = mtime
+        self._stamp = stamp
 
     def get(self, key: str) -> tuple[bool, str | None]:
         """``(found, finding)``."""
@@ -159,15 +162,19 @@ class FindingsStore:
     def put(self, key: str, finding: str | None) -> None:
         with self._lock:
             self._reload()
-            self._data[key] = finding
+            self._data.pop(key, None)
+            self._data[key] = finding  # (dicts keep insertion order: the oldest come first)
             if self.path is None:
+                while self.max_entries is not None and len(self._data) > self.max_entries:
+                    self._data.pop(next(iter(self._data)))
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".findings-", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self._data, f, ensure_ascii=False, indent=0)
             os.replace(tmp, self.path)
-            self._mtime = self.path.stat().st_mtime_ns
+            st = self.path.stat()
+            self._stamp = (st.st_mtime_ns, st.st_size)
 
     def __len__(self) -> int:
         with self._lock:

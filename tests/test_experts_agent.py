@@ -268,3 +268,15 @@ def test_async_send_takes_the_per_turn_switch(tmp_path, wav):
         assert expert.runs == 0 and gen.calls[0][0].startswith("off")
         asyncio.run(agent.asend("t1", "on", [(wav, "audio")]))
         assert expert.runs == 1 and gen.calls[1][0].startswith(f"{LINE}\non")
+
+
+def test_findings_store_in_memory_is_bounded_and_files_are_shared(tmp_path):
+    small = FindingsStore(max_entries=2)
+    for k in "abc":
+        small.put(k, k.upper())
+    assert len(small) == 2 and small.get("a") == (False, None) and small.get("c") == (True, "C")
+    one, two = FindingsStore(tmp_path / "f.json"), FindingsStore(tmp_path / "f.json")
+    one.put("x", "seen")
+    two.put("y", None)  # re-reads the file before writing: both findings are kept
+    assert FindingsStore(tmp_path / "f.json").get("x") == (True, "seen")
+    assert one.get("y") == (True, None)

@@ -21,7 +21,8 @@ class Findings:
     """``expert(media)`` results remembered per attachment content (thread-safe)."""
 
     def __init__(self, store: FindingsStore | None = None):
-        self.store = store if store is not None else FindingsStore()
+        # In memory: the last 256 findings (a long-lived chat model sees many attachments).
+        self.store = store if store is not None else FindingsStore(max_entries=256)
 
     def __len__(self) -> int:
         return len(self.store)
