@@ -97,16 +97,20 @@ def test_tool_command_json(tmp_path, monkeypatch, detector):
     assert (tmp_path / first).is_file() and all(line.startswith("a big, white square ") for line in lines)
 
 
-def test_tool_command_errors_are_one_line(tmp_path):
-    import subprocess
+def test_tool_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     import sys
 
+    from ibllm_agent.cli import main
+
     _photo(tmp_path / "photo.png")
-    cmd = [sys.executable, "-m", "ibllm_agent", "tool", "Detect the Give Object", "photo.png, cat",
-           "--workspace", str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    assert res.returncode == 2
-    assert "ibllm-agent download groundingdino_swint_ogc" in res.stderr and "Traceback" not in res.stderr
+    monkeypatch.setattr(sys, "argv", ["ibllm-agent", "tool", "Detect the Give Object", "photo.png, cat",
+                                      "--workspace", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: missing weight 'groundingdino_swint_ogc'") and err.count("\n") == 1
+    assert "ibllm-agent download groundingdino_swint_ogc" in err
 
 
 def test_info_lists_tools_and_what_they_miss(tmp_path):
@@ -118,3 +122,16 @@ def test_info_lists_tools_and_what_they_miss(tmp_path):
     assert tools["Edge Detection On Image"]["available"] is True
     assert tools["Detect the Give Object"]["missing"] == ["weights groundingdino_swint_ogc"]
     assert tools["Get Photo Description"]["available"] is True  # answered by the chat model itself
+
+
+def test_tool_command_unknown_name_lists_the_tools(tmp_path):
+    from typer.testing import CliRunner
+
+    from ibllm_agent.cli import _register_all, app
+    from ibllm_agent.errors import ToolRegistryError
+
+    if not app.registered_commands:
+        _register_all()
+    res = CliRunner().invoke(app, ["tool", "Frobnicate", "x.png", "--workspace", str(tmp_path)])
+    assert isinstance(res.exception, ToolRegistryError)
+    assert "Edge Detection On Image" in str(res.exception) and "'Frobnicate'" in str(res.exception)

@@ -70,3 +70,38 @@ def test_ground_answer_with_the_tiny_detector():
     res = ground_answer(tiny_detector(), img, "A cat sits near a red box.", box_threshold=0.0, text_threshold=0.0)
     assert res.nouns == ["cat", "red box"]
     assert set(res.found) <= {"cat", "red box"} and res.found and res.image.size == (128, 128)
+
+
+def test_run_ground_adds_the_cascade_to_the_turn(tmp_path, monkeypatch):
+    import json
+
+    from PIL import ImageDraw
+    from typer.testing import CliRunner
+
+    from ibllm_agent.cli import _register_all, app
+    from ibllm_agent.cli import tool as tool_cli
+    from ibllm_agent.tools.tiny import tiny_detector
+
+    if not app.registered_commands:
+        _register_all()
+    det = tiny_detector()
+    monkeypatch.setattr(tool_cli, "TOOL_LOADERS", {"groundingdino": lambda device: det})
+    photo = tmp_path / "photo.png"
+    img = Image.new("RGB", (128, 96), (40, 40, 40))
+    ImageDraw.Draw(img).rectangle((30, 20, 90, 70), fill=(200, 30, 30))
+    img.save(photo)
+    script = tmp_path / "out.json"
+    script.write_text(json.dumps(["Thought: Do I need to use a tool? No\nAI: A cat sits near a red box."]))
+    res = CliRunner().invoke(app, ["run", "what is this?", "--image", str(photo), "--model", f"scripted:{script}",
+                                   "--workspace", str(tmp_path / "ws"), "--memory", "memory",
+                                   "--ground", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    g = data["grounding"]
+    assert g["image"] == data["attachments"][0] and g["nouns"] == ["cat", "red box"]
+    assert sorted([*g["found"], *g["missing"]]) == ["cat", "red box"]
+    expected = det.detect([Image.open(tmp_path / "ws" / "threads" / data["thread_id"] / g["image"]).convert("RGB")],
+                          ["cat", "red box"])[0]
+    assert sum(len(v) for v in g["found"].values()) == len(expected)
+    if expected:
+        assert (tmp_path / "ws" / "threads" / data["thread_id"] / g["file"]).is_file()

@@ -252,3 +252,11 @@ def test_from_official_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     vocab.write_text("[PAD]\n[UNK]\n")
     with pytest.raises(CheckpointError, match="does not fit"):
         GroundingDinoDetector.from_official(ckpt, vocab)
+
+
+def test_read_vocab_keeps_ids_of_tokens_with_unicode_line_breaks(tmp_path):
+    from ibllm_agent.tools.detection import read_vocab
+
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n\u2028\nx\u0085y\ncat\n", encoding="utf-8")
+    assert read_vocab(path) == {"[PAD]": 0, "\u2028": 1, "x\u0085y": 2, "cat": 3}

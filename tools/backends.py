@@ -78,9 +78,9 @@ def _dtype(settings: Any, device: str) -> Any:
 
 
 def _load_groundingdino(device: str, settings: Any) -> Any:
-    from ibllm_agent.tools.detection import GroundingDinoDetector
+    from ibllm_agent.tools.detection import load_detector
 
-    return GroundingDinoDetector.from_weights(settings, device=device, dtype=_dtype(settings, device))
+    return load_detector(device, settings)
 
 
 def _load_sam(device: str, settings: Any) -> Any:

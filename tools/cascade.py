@@ -138,3 +138,41 @@ def ground_answer(detector: Any, image: Image.Image, answer: str, *, box_thresho
         found.setdefault(d.label, []).append(d)
     ordered = {n: found[n] for n in nouns if n in found}
     return CascadeResult(nouns=nouns, found=ordered, image=draw_detections(image, dets))
+
+
+def ground_turn(agent: Any, result: Any, *, loaders: Any = None, options: Any = None) -> dict[str, Any] | None:
+    """The cascade on a finished agent turn: the answer's nouns in the turn's image (else the thread's
+    newest image), through the agent's model pool. The annotated image is saved in the thread
+    workspace when something was found. ``None`` when the thread has no image.
+
+    Returns ``{"image", "nouns", "found": {noun: [[x1, y1, x2, y2, score], ...]}, "missing", "file",
+    "summary"}``.
+    """
+    from ibllm_agent.agent.registry import _CONTEXT, ToolContext
+    from ibllm_agent.tools.backends import ToolKit, use_models
+    from ibllm_agent.tools.images import ToolOptions, open_image, save_image
+
+    ws = agent.workspace.thread(result.thread_id)
+    images = [n for n in result.attachments if n.startswith("image/")]
+    if not images:
+        images = sorted((n for n in ws.files() if n.startswith("image/")), key=lambda n: ws.resolve(n).stat().st_mtime)
+    if not images:
+        return None
+    kit = ToolKit(options=options or ToolOptions(), loaders=dict(loaders or {}))
+    image = open_image(ws.resolve(images[-1]), kit.options)
+    token = _CONTEXT.set(ToolContext(thread_id=result.thread_id, workspace=ws, pool=agent.pool))
+    try:
+        with use_models(kit, "groundingdino") as (detector,):
+            res = ground_answer(detector, image, result.answer, box_threshold=kit.options.box_threshold,
+                                text_threshold=kit.options.text_threshold)
+        file = save_image(res.image) if res.found else None
+    finally:
+        _CONTEXT.reset(token)
+    return {
+        "image": images[-1],
+        "nouns": res.nouns,
+        "found": {n: [[round(v) for v in d.box] + [round(d.score, 3)] for d in ds] for n, ds in res.found.items()},
+        "missing": res.missing,
+        "file": file,
+        "summary": res.summary(),
+    }

@@ -261,8 +261,12 @@ def official_config(values: dict[str, Any] | None = None) -> Any:
 
 def read_vocab(path: str | os.PathLike[str]) -> dict[str, int]:
     """A BERT ``vocab.txt`` (one token per line, id = line number) as a token → id dict."""
-    tokens = Path(path).read_text(encoding="utf-8").splitlines()
-    return {t: i for i, t in enumerate(tokens)}
+    # Split on "\n" only, as transformers' load_vocab does: str.splitlines would also split inside
+    # tokens holding other line-break characters (U+0085, U+2028) and shift every later id.
+    tokens = Path(path).read_text(encoding="utf-8").split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    return {t.rstrip("\r"): i for i, t in enumerate(tokens)}
 
 
 def _bert_tokenizer(vocab: dict[str, int]) -> Any:
@@ -411,7 +415,9 @@ class GroundingDinoDetector:
         if max(w, h) * scale > self.max_size:
             scale = self.max_size / max(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        arr = np.asarray(image.convert("RGB").resize(size, resample=2), dtype=np.float32) / 255.0  # bilinear
+        from PIL import Image
+
+        arr = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)  # [3, H, W]
         mean = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
@@ -502,8 +508,9 @@ def draw_detections(image: Image.Image, dets: Sequence[Detection], width: int = 
         colour = colours[d.label]
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         text = f"{d.label} {d.score:.2f}"
-        tx, ty = x1 + width, max(0.0, y1 - 12) if y1 >= 12 else y1 + width
-        draw.text((tx, ty), text, fill=colour)
+        # Above the box when there is room, else just inside its top edge.
+        ty = y1 - 12 if y1 >= 12 else y1 + width
+        draw.text((x1 + width, ty), text, fill=colour)
     return out
 
 

@@ -22,8 +22,8 @@ def ask(generator: Any, image_path: str | Path, question: str, max_new_tokens: i
 
     if generator is None:
         raise ConfigError(
-            "this tool is answered by the multimodal chat model and none was given: build it with "
-            "default_tools(generator=...) or let build_agent add it"
+            "this tool is answered by the multimodal chat model and none was given: pass --model to "
+            "`ibllm-agent tool`, default_tools(generator=...) in Python, or let build_agent add it"
         )
     prompt = format_prompt(question, None, generator.prompt_template)
     media = [Media("image", str(image_path), name=Path(image_path).name)]

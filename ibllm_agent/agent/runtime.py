@@ -213,7 +213,11 @@ def _default_tools(chat: Any) -> list[Any]:
 
     installed = default_registry().tools()
     names = {t.name for t in installed}
+    from ibllm_agent.types import TextGenerator
+
     generator = getattr(chat, "model", None)
+    if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
+        generator = None
     cache = getattr(generator, "visual_cache", None)  # the model's visual cache also enhances any-to-image
     builtin = default_tools(generator=generator, cache=cache, available_only=True)
     return installed + [t for t in builtin if t.name not in names]

@@ -65,11 +65,15 @@ def register(app: typer.Typer) -> None:
 
         if not workspace.is_dir():
             raise ConfigError(f"workspace folder not found: {workspace}")
-        if name not in TOOL_REQUIREMENTS:
-            raise ToolRegistryError(f"no tool named {name!r}; tools: {', '.join(TOOL_REQUIREMENTS)}")
+        from ibllm_agent.agent.registry import default_registry
+
+        installed = {t.name: t for t in default_registry().tools()}  # entry-point tools win, as in the agent
+        if name not in TOOL_REQUIREMENTS and name not in installed:
+            known = [*installed, *(n for n in TOOL_REQUIREMENTS if n not in installed)]
+            raise ToolRegistryError(f"no tool named {name!r}; tools: {', '.join(known)}")
         settings = get_settings(device=device)
         generator = None
-        if "generator" in TOOL_REQUIREMENTS[name] and model is not None:
+        if "generator" in TOOL_REQUIREMENTS.get(name, ()) and model is not None:
             from ibllm_agent.agent.runtime import load_chat_model
             from ibllm_agent.cli.run import resolve_model_spec
 
@@ -77,6 +81,7 @@ def register(app: typer.Typer) -> None:
         options = ToolOptions(steps=steps, seed=seed)
         tools = {t.name: t for t in default_tools(settings, generator=generator, options=options,
                                                   loaders=TOOL_LOADERS)}
+        tools.update(installed)
         ws = ThreadWorkspace(workspace.expanduser().absolute(), "cli")
         pool = ModelPool(device=settings.device or "auto")
         observation, files = invoke_tool(tools[name], action_input, ws, pool)
