@@ -9,7 +9,7 @@ import sys
 
 import pexpect
 import pytest
-from test_agent_support import answer, install_fake_plugin, tool_step, use_plugin
+from agent_support import answer, install_fake_plugin, tool_step, use_plugin
 
 from ibllm_agent.cli.terminal import printable
 

@@ -137,3 +137,22 @@ def test_generation_controls_and_system_reach_the_model(tmp_path):
     assert (sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed) == (7, 0.0, 0.9, 5)
     assert "Answer like a pirate." in prompt
     assert generation_options(None, None, None, None) == {}
+
+
+def test_info_lists_models_and_the_cache_setting(tmp_path):
+    from ibllm_agent.cli.info import collect
+    from ibllm_agent.config import get_settings
+
+    settings = get_settings(weights_dir=tmp_path / "w", visual_cache=tmp_path / "cache")
+    data = collect(settings)
+    demo = data["models"][0]
+    assert demo["name"] == "demo" and not demo["present"] and "pull imagebind-llm-7b" in demo["use"]
+    assert data["settings"]["visual_cache"] == str(tmp_path / "cache")
+    mine = tmp_path / "w" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "config.json").write_text("{}")
+    (mine / "adapter.safetensors").write_bytes(b"")
+    (tmp_path / "w" / "demo").mkdir()
+    (tmp_path / "w" / "demo" / "config.json").write_text("{}")
+    names = {m["name"]: m for m in collect(settings)["models"]}
+    assert names["demo"]["present"] and names["mine"]["use"] == f"--model {mine}" and "tiny" in names

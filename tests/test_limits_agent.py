@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from agent_support import answer, assert_consistent, last_observation, make_image, tool_step
 from langchain_core.tools import tool
-from test_agent_support import answer, assert_consistent, last_observation, make_image, tool_step
 
 from ibllm_agent.agent import build_agent
 from ibllm_agent.agent.limits import AgentLimits

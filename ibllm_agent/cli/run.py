@@ -53,6 +53,12 @@ WORKSPACE_OPT = typer.Option(None, "--workspace", help="Root folder for thread f
 TOOL_OPT = typer.Option([], "--tool", help="Use only this registered tool (repeatable).")
 NO_TOOLS_OPT = typer.Option(False, "--no-tools", help="Plain chat without tools.")
 DEVICE_OPT = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda).")
+EXPERTS_OPT = typer.Option(
+    False, "--experts/--no-experts",
+    help="Run the context experts on attachments: Whisper speech-to-text on audio, the video object "
+    "detector on video; their findings go before the prompt as (recognized text: …) / (detected object "
+    "classes: …). Needs the whisper_tiny and groundingdino_swint_ogc weights.",
+)
 CACHE_OPT = typer.Option(
     None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
     "(default: the visual_cache setting, env IBLLM_VISUAL_CACHE)."
@@ -99,6 +105,7 @@ def make_agent(
     limits: Any = None,
     chat_options: dict[str, Any] | None = None,
     system: str | None = None,
+    experts: bool = False,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up). Settings, memory
     file, cache folder, device and model spec are checked first, before anything loads."""
@@ -122,6 +129,7 @@ def make_agent(
         limits=limits,
         chat_options=chat_options,
         system_prompt=system,
+        experts=experts or None,
     )
 
 
@@ -140,10 +148,10 @@ def attach_all(agent: Any, thread_id: str, attachments: list[Any], weighted: boo
     blocks = []
     for a in attachments:
         source: Any = Path(a.source)
-        if a.is_url:
-            from ibllm_agent.content import fetch
+        if a.is_url:  # http(s) only, size and time limits of the library content policy
+            from ibllm_agent.content import ContentPolicy, fetch
 
-            source = fetch(a.source)
+            source = fetch(a.source, ContentPolicy.library())
         stored, block = agent.attach(thread_id, source, a.modality)
         if weighted:
             block["extras"]["weight"] = a.weight
@@ -200,6 +208,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
+        experts: bool = EXPERTS_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         tool_timeout: float = TOOL_TIMEOUT_OPT,
         max_observation_chars: int = MAX_OBSERVATION_OPT,
@@ -221,7 +230,8 @@ def register(app: typer.Typer) -> None:
                                         depth=depth, thermal=thermal, imu=imu)
         limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
         agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits,
-                           generation_options(max_new_tokens, temperature, top_p, seed), system)
+                           generation_options(max_new_tokens, temperature, top_p, seed), system,
+                           experts=experts)
         with agent:
             files = attach_all(agent, thread_id, attachments, weighted=weights is not None)
             if json_out:
