@@ -145,15 +145,23 @@ def create_app(model: Any, config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="ibllm-agent", lifespan=lifespan)
     app.state.ibllm = state
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next: Callable) -> Any:
-        if config.api_keys and request.url.path.startswith("/v1/") and not check_bearer(
-                request.headers.get("authorization"), config.api_keys):
-            return ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
-                            "authentication_error", "invalid_api_key").response()
-        if state.closing and request.url.path.startswith("/v1/"):
-            return ApiError(503, "the server is shutting down", "service_unavailable", "shutting_down").response()
-        return await call_next(request)
+    async def guard(scope: dict, receive: Callable, send: Callable, inner: Callable) -> None:
+        # A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers streamed
+        # responses and hides a client's disconnect from them).
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            error = None
+            if config.api_keys and not check_bearer(headers.get(b"authorization", b"").decode("latin-1"),
+                                                    config.api_keys):
+                error = ApiError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                                 "authentication_error", "invalid_api_key")
+            elif state.closing:
+                error = ApiError(503, "the server is shutting down", "service_unavailable", "shutting_down")
+            if error is not None:
+                await error.response()(scope, receive, send)
+                return
+        await inner(scope, receive, send)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -208,9 +216,20 @@ def create_app(model: Any, config: ServeConfig | None = None) -> FastAPI:
     from ibllm_agent.serve.threads import threads_router
 
     app.include_router(threads_router(state))
+    app.add_middleware(_Wrap, handler=guard)
     # Outermost: reject oversized bodies before anything reads them.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     return app
+
+
+class _Wrap:
+    """ASGI middleware calling ``handler(scope, receive, send, inner_app)``."""
+
+    def __init__(self, app: Callable, handler: Callable):
+        self.app, self.handler = app, handler
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self.handler(scope, receive, send, self.app)
 
 
 async def _parse(request: Request) -> ChatCompletionRequest:

@@ -130,10 +130,6 @@ def check_bearer(header: str | None, keys: Iterable[str]) -> bool:
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Answer 413 to request bodies over ``max_bytes``: at once from ``Content-Length``, or as soon as
     a chunked body passes the limit (the body is never read past it)."""
@@ -152,28 +148,37 @@ class BodyLimitMiddleware:
             await self._reject(send)
             return
         seen = 0
-        started = False
+        started = rejected = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            # Past the limit: answer 413 now and tell the app the client is gone (an exception here
+            # would reach Starlette's outermost error handler and become a 500).
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    rejected = True
+                    if not started:
+                        await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: dict) -> None:
+        async def guarded_send(message: dict) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 has been sent; whatever the app answers after it is dropped
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send)
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
 
     async def _reject(self, send: Callable) -> None:
         import json
