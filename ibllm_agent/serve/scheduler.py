@@ -152,10 +152,10 @@ class BatchScheduler:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0")
         self.model = model
-        self.max_batch_size = max_batch_size if batching else 1
-        self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
         self.batched = batching and _batch_stream_of(model) is not None
+        self.max_batch_size = max_batch_size if self.batched else 1
+        self.max_wait_s = max_wait_s if self.batched else 0.0
+        self.max_queue = max_queue
         self.stats = SchedulerStats()
         self._pending: list[Ticket] = []
         self._cond = threading.Condition()
