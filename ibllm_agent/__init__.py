@@ -3,7 +3,7 @@
 Public API (imported lazily so ``import ibllm_agent`` stays light; nothing heavy happens at import):
 
 - ``ImageBindLLM``          the multimodal LLaMA (``ibllm_agent.model``)
-- ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat_model``)
+- ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat``)
 - ``VisualCache``           the FAISS cache of image features (``ibllm_agent.cache``)
 - ``build_agent``           a LangGraph agent with memory and tools (``ibllm_agent.agent``)
 - ``media``                 loaders: ``ibllm_agent.media.load(source, modality)``
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ImageBindLLM": "ibllm_agent.model",
-    "ChatImageBindLLM": "ibllm_agent.chat_model",
+    "ChatImageBindLLM": "ibllm_agent.chat",
     "VisualCache": "ibllm_agent.cache",
     "build_agent": "ibllm_agent.agent",
     "Media": "ibllm_agent.types",

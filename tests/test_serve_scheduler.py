@@ -105,7 +105,7 @@ def test_sixteen_concurrent_clients_get_their_own_answers(tiny):
     prompt), and the requests really shared batches."""
     from langchain_core.messages import HumanMessage
 
-    from ibllm_agent.chat_model import ChatImageBindLLM
+    from ibllm_agent import ChatImageBindLLM
     from ibllm_agent.serve import ServeConfig, create_app
 
     import random

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
         from ibllm_agent.agent import build_agent
-        from ibllm_agent.chat_model import ChatImageBindLLM
+        from ibllm_agent import ChatImageBindLLM
         from ibllm_agent.cli.serve import load_generator
         from ibllm_agent.config import get_settings
         from ibllm_agent.serve.turns import TurnSettingsMiddleware

@@ -119,7 +119,7 @@ class ServerState:
         self.created = int(time.time())
 
     def chat_model(self, lane: Any) -> Any:
-        from ibllm_agent.chat_model import ChatImageBindLLM
+        from ibllm_agent import ChatImageBindLLM
 
         return ChatImageBindLLM(model=lane, max_new_tokens=self.config.max_new_tokens, **self.chat_options)
 
