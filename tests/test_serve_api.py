@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import io
 import json
 import threading
 import time
@@ -13,10 +12,10 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from serve_utils import SlowGenerator, client, data_uri, png_bytes, running_server  # noqa: E402
+from serve_utils import SlowGenerator, client, data_uri, png_bytes, running_server
 
-from ibllm_agent.serve import ServeConfig, create_app  # noqa: E402
-from ibllm_agent.testing import ScriptedGenerator  # noqa: E402
+from ibllm_agent.serve import ServeConfig, create_app
+from ibllm_agent.testing import ScriptedGenerator
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather of a city.",
@@ -95,7 +94,7 @@ def test_audio_and_point_cloud_parts():
 
 
 class _PngHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = png_bytes((8, 8))
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
@@ -263,3 +262,19 @@ def test_graceful_shutdown_finishes_in_flight_stream():
             httpx.get(f"{server.base_url}/health", timeout=2)
     assert first.choices[0].delta.role == "assistant"
     assert text.split() == [f"w{i}" for i in range(30)]
+
+
+def test_invalid_step_and_length_finish():
+    gen = ScriptedGenerator([
+        "Thought: Do I need to use a tool? Yes\nAction: Teleport\nAction Input: Mars\n",
+        "one two three four",
+    ])
+    with running_server(make(gen)) as server:
+        c = client(server)
+        r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "go"}], tools=[WEATHER])
+        cut = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "count"}], max_tokens=2)
+    message = r.choices[0].message
+    assert message.tool_calls is None and r.choices[0].finish_reason == "stop"
+    (invalid,) = message.model_extra["invalid_tool_calls"]  # extension: the step the model got wrong
+    assert invalid["name"] == "Teleport" and "unknown tool" in invalid["error"]
+    assert cut.choices[0].message.content == "one two" and cut.choices[0].finish_reason == "length"

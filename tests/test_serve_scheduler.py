@@ -7,7 +7,12 @@ import threading
 import pytest
 from serve_utils import SlowGenerator, client, png_bytes, running_server
 
-from ibllm_agent.serve.scheduler import BatchScheduler, GenerationCancelled, QueueFullError, ServiceUnavailableError
+from ibllm_agent.serve.scheduler import (
+    BatchScheduler,
+    GenerationCancelled,
+    QueueFullError,
+    ServiceUnavailableError,
+)
 from ibllm_agent.types import Media, Sampling
 
 GREEDY = Sampling(max_new_tokens=4, temperature=0)
@@ -103,14 +108,14 @@ def test_queue_bound_and_close_drains():
 def test_sixteen_concurrent_clients_get_their_own_answers(tiny):
     """16 clients at once over HTTP: every answer is its own prompt's (the batched row of exactly that
     prompt), and the requests really shared batches."""
+    import random
+
     from langchain_core.messages import HumanMessage
 
     from ibllm_agent import ChatImageBindLLM
     from ibllm_agent.serve import ServeConfig, create_app
 
-    import random
-
-    words = "cat dog sky red blue tree water fire stone cloud moon sun bird fish horse river king queen".split()
+    words = ["cat", "dog", "sky", "red", "blue", "tree", "water", "fire", "stone", "cloud", "moon", "sun", "bird", "fish", "horse", "river", "king", "queen"]
     rng = random.Random(0)
     questions = [" ".join(rng.choice(words) for _ in range(3 + i % 5)) for i in range(16)]
     chat = ChatImageBindLLM(model=tiny)

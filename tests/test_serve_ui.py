@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
 @pytest.fixture
 def ui_server(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from ibllm_agent.agent import build_agent
     from ibllm_agent import ChatImageBindLLM
+    from ibllm_agent.agent import build_agent
     from ibllm_agent.serve.turns import TurnSettingsMiddleware
     from ibllm_agent.serve.ui import build_ui
     from ibllm_agent.testing import ScriptedGenerator

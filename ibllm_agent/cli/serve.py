@@ -13,7 +13,15 @@ from typing import Any
 
 import typer
 
-from ibllm_agent.cli.run import CACHE_OPT, DEVICE_OPT, MEMORY_OPT, MODEL_HELP, NO_TOOLS_OPT, TOOL_OPT, WORKSPACE_OPT
+from ibllm_agent.cli.run import (
+    CACHE_OPT,
+    DEVICE_OPT,
+    MEMORY_OPT,
+    MODEL_HELP,
+    NO_TOOLS_OPT,
+    TOOL_OPT,
+    WORKSPACE_OPT,
+)
 
 
 def load_generator(spec: str, device: str | None = None, cache: Path | None = None) -> tuple[Any, str]:

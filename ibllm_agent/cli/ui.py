@@ -13,7 +13,15 @@ from pathlib import Path
 
 import typer
 
-from ibllm_agent.cli.run import CACHE_OPT, DEVICE_OPT, MEMORY_OPT, MODEL_HELP, NO_TOOLS_OPT, TOOL_OPT, WORKSPACE_OPT
+from ibllm_agent.cli.run import (
+    CACHE_OPT,
+    DEVICE_OPT,
+    MEMORY_OPT,
+    MODEL_HELP,
+    NO_TOOLS_OPT,
+    TOOL_OPT,
+    WORKSPACE_OPT,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,8 +40,8 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps per turn."),
     ) -> None:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
-        from ibllm_agent.agent import build_agent
         from ibllm_agent import ChatImageBindLLM
+        from ibllm_agent.agent import build_agent
         from ibllm_agent.cli.serve import load_generator
         from ibllm_agent.config import get_settings
         from ibllm_agent.serve.turns import TurnSettingsMiddleware

@@ -13,6 +13,7 @@ share forward passes but no state. A client that disconnects cancels its generat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -114,14 +115,16 @@ class ServerState:
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent + config.agent_workers,
                                            thread_name_prefix="ibllm-request")
         self.chat_options = {**chat_model_options(config.remote), **config.chat_options}
+        self.agent_chat_options = {**chat_model_options(config.remote, agent=True), **config.chat_options}
         self.closing = False
         self.agents: Any = None  # threads.AgentPool, built on first use
         self.created = int(time.time())
 
-    def chat_model(self, lane: Any) -> Any:
+    def chat_model(self, lane: Any, *, agent: bool = False) -> Any:
         from ibllm_agent import ChatImageBindLLM
 
-        return ChatImageBindLLM(model=lane, max_new_tokens=self.config.max_new_tokens, **self.chat_options)
+        options = self.agent_chat_options if agent else self.chat_options
+        return ChatImageBindLLM(model=lane, max_new_tokens=self.config.max_new_tokens, **options)
 
     def shutdown(self) -> None:
         self.closing = True
@@ -286,10 +289,9 @@ async def _unless_disconnected(future: asyncio.Future, request: Request, cancel:
             return future.result()
         if await request.is_disconnected():
             cancel()
-            try:
+            # The cancelled generation's error (GenerationCancelled) is nobody's business.
+            with contextlib.suppress(Exception):
                 await future
-            except Exception:  # noqa: BLE001 - the cancelled generation's error is nobody's business
-                pass
             return None
 
 
@@ -311,6 +313,13 @@ def _tool_calls_json(message: Any) -> list[dict[str, Any]]:
             for tc in message.tool_calls]
 
 
+def _invalid_calls_json(calls: list[dict[str, Any]], errors: dict[str, str]) -> list[dict[str, Any]]:
+    """Extension: model steps that named an unknown tool or did not parse (not OpenAI tool calls;
+    the client may show them or retry)."""
+    return [{"id": c.get("id"), "name": c.get("name"), "arguments": c.get("args"),
+             "error": c.get("error") or errors.get(c.get("id") or "", "")} for c in calls]
+
+
 def _completion_body(req: ChatCompletionRequest, message: Any, model_id: str) -> dict[str, Any]:
     calls = _tool_calls_json(message)
     content = message.content if isinstance(message.content, str) else message.text
@@ -320,6 +329,9 @@ def _completion_body(req: ChatCompletionRequest, message: Any, model_id: str) ->
     reasoning = (message.additional_kwargs or {}).get("reasoning_content")
     if reasoning:
         out["reasoning_content"] = reasoning
+    invalid = _invalid_calls_json(message.invalid_tool_calls or [], {})
+    if invalid:
+        out["invalid_tool_calls"] = invalid
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": model_id,
@@ -411,7 +423,11 @@ def _chunk_deltas(chunk: Any, tool_index: dict[str, int]) -> list[dict[str, Any]
         out.append({"reasoning_content": reasoning})
     if isinstance(chunk.content, str) and chunk.content:
         out.append({"content": chunk.content})
+    errors = (chunk.additional_kwargs or {}).get("tool_call_errors") or {}
     for tc in chunk.tool_call_chunks or []:
+        if tc.get("id") in errors:  # an invalid step, not a call the client could run
+            out.append({"invalid_tool_calls": _invalid_calls_json([tc], errors)})
+            continue
         key = tc.get("id") or f"#{len(tool_index)}"
         index = tool_index.setdefault(key, len(tool_index))
         call: dict[str, Any] = {"index": index, "function": {"arguments": tc.get("args") or ""}}

@@ -41,9 +41,16 @@ class RemotePolicy:
     max_bytes: int = 32 * 1024 * 1024
 
 
-def chat_model_options(policy: RemotePolicy) -> dict[str, Any]:
-    """Keyword arguments for every ``ChatImageBindLLM`` the server builds for client requests."""
+def chat_model_options(policy: RemotePolicy, *, agent: bool = False) -> dict[str, Any]:
+    """Keyword arguments for the ``ChatImageBindLLM``s the server builds.
+
+    ``agent=True``: the agent's chat model. Its attachments are files the server itself stored in the
+    thread's workspace (client media are decoded/fetched by the server's parser first), announced as
+    ``file://`` blocks, so it keeps the library policy (local files allowed).
+    """
     options: dict[str, Any] = {"fetch_timeout": policy.timeout, "fetch_max_bytes": policy.max_bytes}
+    if agent:
+        return options
     try:
         from ibllm_agent.content import ContentPolicy  # type: ignore[attr-defined]
     except ImportError:

@@ -239,7 +239,7 @@ class BatchScheduler:
                 continue
             try:
                 self._run(batch)
-            except BaseException as exc:  # noqa: BLE001 - never kill the worker; each request gets the error
+            except BaseException as exc:
                 log.exception("batch failed")
                 for t in batch:
                     t._finish(exc)
@@ -280,9 +280,12 @@ class BatchScheduler:
             getattr(stream, "close", lambda: None)()
         text = "".join(pieces)
         result = getattr(stream, "result", None)
-        gen = result.to_generation() if result is not None else Generation(
-            text=text, prompt_tokens=self.model.count_tokens(t.prompt),
-            completion_tokens=self.model.count_tokens(text))
+        if result is not None:
+            gen = result.to_generation()
+        else:  # a stream without a final result (test doubles): count, and infer a cut at the budget
+            used = self.model.count_tokens(text)
+            gen = Generation(text=text, prompt_tokens=self.model.count_tokens(t.prompt), completion_tokens=used,
+                             finish_reason="length" if used >= t.sampling.max_new_tokens else "eos")
         t._finish(gen)
 
     def _decode(self, batch: list[Ticket], stream: Any) -> None:

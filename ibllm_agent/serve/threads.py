@@ -73,7 +73,7 @@ class AgentPool:
         try:
             for _ in range(config.agent_workers):
                 lane = Lane(state.scheduler)
-                agent = build_agent(state.chat_model(lane), tools=config.agent_tools, memory=self.memory.saver,
+                agent = build_agent(state.chat_model(lane, agent=True), tools=config.agent_tools, memory=self.memory.saver,
                                     workspace=self.workspace, max_steps=config.max_steps,
                                     middleware=[TurnSettingsMiddleware()])
                 self.agents.append(agent)
