@@ -91,3 +91,21 @@ class SlowGenerator:
                  cache: CacheSettings | None = None) -> Generation:
         text = "".join(self.stream(prompt, media, sampling=sampling, cache=cache))
         return Generation(text=text, prompt_tokens=self.count_tokens(prompt), completion_tokens=self.count_tokens(text))
+
+
+def paint_tool():
+    """A tool that writes a small blue PNG into the thread's workspace (a stand-in for an image tool)."""
+    from langchain_core.tools import tool
+
+    from ibllm_agent.agent import current_context
+
+    @tool("Paint Picture")
+    def paint(text: str) -> str:
+        """Paint a picture of the text. The input is the text."""
+        from PIL import Image
+
+        name, path = current_context().workspace.new_file("image")
+        Image.new("RGB", (16, 16), (0, 90, 200)).save(path, format="PNG")
+        return f"Result saved as {name}"
+
+    return paint

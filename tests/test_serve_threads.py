@@ -12,29 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import data_uri, free_port, png_bytes, running_server
+from serve_utils import data_uri, free_port, paint_tool, png_bytes, running_server
 
 from ibllm_agent.serve import ServeConfig, create_app
 from ibllm_agent.testing import ScriptedGenerator
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")  # set by .ci/run (a throwaway PostgreSQL)
-
-
-def paint_tool():
-    from langchain_core.tools import tool
-
-    from ibllm_agent.agent import current_context
-
-    @tool("Paint Picture")
-    def paint(text: str) -> str:
-        """Paint a picture of the text. The input is the text."""
-        from PIL import Image
-
-        name, path = current_context().workspace.new_file("image")
-        Image.new("RGB", (16, 16), (0, 90, 200)).save(path, format="PNG")
-        return f"Result saved as {name}"
-
-    return paint
 
 
 def test_turn_with_attachment_tool_file_and_history(tmp_path):

@@ -8,15 +8,14 @@ import os
 import shutil
 
 import pytest
-from serve_utils import free_port, png_bytes
-from test_serve_threads import paint_tool
+from serve_utils import free_port, paint_tool, png_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                                 reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium "
-                                "chromium-driver; .ci/run installs them)")
+                                "chromium-driver; .ci/run installs them)")]
 
 
 @pytest.fixture
