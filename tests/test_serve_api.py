@@ -112,6 +112,7 @@ def local_image_url():
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/cat.png"
     httpd.shutdown()
+    httpd.server_close()
 
 
 def test_server_refuses_private_urls_and_local_files(local_image_url):
