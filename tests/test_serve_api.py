@@ -279,3 +279,30 @@ def test_invalid_step_and_length_finish():
     (invalid,) = message.model_extra["invalid_tool_calls"]  # extension: the step the model got wrong
     assert invalid["name"] == "Teleport" and "unknown tool" in invalid["error"]
     assert cut.choices[0].message.content == "one two" and cut.choices[0].finish_reason == "length"
+
+
+def test_client_disconnect_cancels_a_non_streamed_request():
+    gen = SlowGenerator(pieces=400, delay=0.02)
+    with running_server(make(gen)) as server:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(f"{server.base_url}/v1/chat/completions", timeout=0.5, json={
+                "model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400})
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and httpx.get(f"{server.base_url}/health").json()["cancelled"] < 1:
+            time.sleep(0.05)
+        produced = gen.produced
+        time.sleep(0.3)
+        assert gen.produced == produced < 100
+
+
+def test_shutting_down_server_answers_503():
+    gen = ScriptedGenerator(["never"])
+    app = make(gen)
+    with running_server(app) as server:
+        app.state.ibllm.closing = True  # what `ibllm-agent serve` sets on SIGTERM/Ctrl-C
+        with pytest.raises(openai.InternalServerError) as err:
+            client(server).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        health = httpx.get(f"{server.base_url}/health")
+    assert err.value.status_code == 503 and "shutting down" in str(err.value)
+    assert health.status_code == 503 and health.json()["status"] == "shutting_down"
+    assert gen.calls == []

@@ -119,5 +119,14 @@ def register(app: typer.Typer) -> None:
             agent_tools=[] if no_tools else (list(tool) or None), agent_workers=agent_workers, max_steps=max_steps,
         )
         typer.echo(f"serving {config.model_id!r} on http://{host}:{port} (auth: {'on' if keys else 'off'})", err=True)
-        uvicorn.run(create_app(generator, config), host=host, port=port, log_level="info",
-                    timeout_graceful_shutdown=shutdown_timeout)
+        app = create_app(generator, config)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                # From the first signal on, new requests on open keep-alive connections get 503 while
+                # the in-flight ones finish.
+                app.state.ibllm.closing = True
+                super().handle_exit(sig, frame)
+
+        Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                              timeout_graceful_shutdown=shutdown_timeout)).run()
