@@ -306,3 +306,14 @@ def test_shutting_down_server_answers_503():
     assert err.value.status_code == 503 and "shutting down" in str(err.value)
     assert health.status_code == 503 and health.json()["status"] == "shutting_down"
     assert gen.calls == []
+
+
+def test_unreadable_tools_are_400_and_free_their_slot():
+    gen = ScriptedGenerator(["fine"])
+    with running_server(make(gen, max_concurrent=1)) as server:
+        c = client(server)
+        with pytest.raises(openai.BadRequestError, match="tool"):
+            c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
+                                      tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="nope")
+        r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])  # the one slot is free
+    assert r.choices[0].message.content == "fine"

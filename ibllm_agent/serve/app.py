@@ -69,7 +69,7 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(503, str(exc), "service_unavailable", "shutting_down")
     if isinstance(exc, GenerationCancelled):
         return ApiError(499, str(exc), "cancelled", "cancelled")
-    if isinstance(exc, IbllmError) or isinstance(exc, ValueError) and type(exc).__module__.startswith("ibllm_agent"):
+    if isinstance(exc, IbllmError):  # typed errors are bad input: media, content parts, context length…
         return ApiError(400, str(exc), "invalid_request_error", type(exc).__name__)
     log.exception("unexpected error", exc_info=exc)
     return ApiError(500, f"internal error ({type(exc).__name__})", "server_error")
@@ -193,11 +193,15 @@ def create_app(model: Any, config: ServeConfig | None = None) -> FastAPI:
             lane = state.lanes.acquire()
         except Exception as exc:  # noqa: BLE001
             return api_error(exc).response()
-        chat = state.chat_model(lane)
-        if req.tools:
-            runnable = chat.bind_tools(req.tools, tool_choice=req.tool_choice)
-        else:
-            runnable = chat
+        try:
+            chat = state.chat_model(lane)
+            runnable = chat.bind_tools(req.tools, tool_choice=req.tool_choice) if req.tools else chat
+        except Exception as exc:  # noqa: BLE001 - a tool schema LangChain cannot read is the client's error
+            state.lanes.release(lane)
+            error = api_error(exc)
+            if error.status == 500:
+                error = ApiError(400, f"invalid tools: {type(exc).__name__}: {exc}", param="tools")
+            return error.response()
         if req.stream:
             return await _stream_response(state, req, runnable, messages, kwargs, lane, request)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import threading
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -146,9 +147,13 @@ def threads_router(state: ServerState) -> APIRouter:
 
     router = APIRouter(prefix="/v1/threads")
 
+    building = threading.Lock()
+
     def pool() -> AgentPool:
-        if state.agents is None:
-            state.agents = AgentPool(state)
+        # Built on first use (chat-only deployments never pay for the agents), once.
+        with building:
+            if state.agents is None:
+                state.agents = AgentPool(state)
         return state.agents
 
     async def in_thread(fn: Any, *args: Any) -> Any:
