@@ -140,3 +140,31 @@ def test_two_processes_serve_one_thread_on_postgres(tmp_path):
         ("user", "look at this"), ("assistant", "first answer"), ("user", "and then?"),
         ("assistant", "second answer"), ("user", "finally"), ("assistant", "third answer")]
     assert thread in threads_b
+
+
+def test_point_cloud_and_audio_parts_are_stored_with_their_type(tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    pts = np.random.default_rng(0).normal(size=(600, 3)).astype("float32")
+    ply = ("ply\nformat ascii 1.0\nelement vertex 600\nproperty float x\nproperty float y\nproperty float z\n"
+           "end_header\n" + "\n".join(" ".join(f"{v:.4f}" for v in p) for p in pts) + "\n").encode()
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(1600, dtype="float32"), 16000, format="WAV")
+    gen = ScriptedGenerator(["a blob and silence"])
+    app = create_app(gen, ServeConfig(model_id="m", memory_url="memory", workspace_dir=tmp_path, agent_tools=[]))
+    with running_server(app) as server:
+        r = httpx.post(f"{server.base_url}/v1/threads/p1/messages", timeout=60, json={"content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "file", "file": {"file_data": data_uri(ply, "application/octet-stream"), "filename": "blob.ply"},
+             "weight": 0.5},
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"}},
+        ]})
+    assert r.status_code == 200, r.text
+    assert [a["name"].split("/")[0] for a in r.json()["attachments"]] == ["pointcloud", "audio"]
+    media = gen.calls[0][1]
+    assert sorted(m.modality for m in media) == ["audio", "point"]
+    assert {m.modality: m.weight for m in media}["point"] == 0.5

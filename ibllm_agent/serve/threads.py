@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
 import queue
+import re
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -142,6 +146,25 @@ def _result_json(result: Any) -> dict[str, Any]:
     return data
 
 
+def _as_files(media: list[Any]) -> tuple[list[tuple[Path, str]], tempfile.TemporaryDirectory | None]:
+    """Attachments as temporary files named with their extension (``.ply``, ``.wav``…): the workspace
+    stores a file by what its name and content say, and raw bytes alone lose the file type."""
+    if not media:
+        return [], None
+    folder = tempfile.TemporaryDirectory(prefix="ibllm-upload-")
+    files = []
+    for i, a in enumerate(media):
+        suffix = Path(a.filename).suffix.lower() if a.filename else ""
+        if not suffix and a.mime:
+            suffix = mimetypes.guess_extension(a.mime.split(";")[0].strip()) or ""
+        if not re.fullmatch(r"(\.[a-z0-9]{1,8})?", suffix):
+            suffix = ""
+        path = Path(folder.name) / f"upload{i}{suffix}"
+        path.write_bytes(a.data)
+        files.append((path, a.modality))
+    return files, folder
+
+
 def threads_router(state: ServerState) -> APIRouter:
     from ibllm_agent.serve.app import ApiError, api_error
 
@@ -207,9 +230,16 @@ def threads_router(state: ServerState) -> APIRouter:
             return api_error(exc).response()
         agents.running.add(thread_id)
         agent, lane = item
-        attachments = [(a.data, a.modality) for a in media]
+        try:
+            attachments, temp_dir = _as_files(media)
+        except OSError as exc:
+            agents.release(item)
+            agents.running.discard(thread_id)
+            return ApiError(500, f"cannot stage the attachments: {exc}", "server_error").response()
+        # A part's "weight" becomes its modality's weight for this turn (the agent fuses by modality).
+        weights = {**{a.modality: a.weight for a in media if a.weight is not None}, **(turn.modality_weights or {})}
         settings = {"temperature": turn.temperature, "top_p": turn.top_p, "max_new_tokens": turn.max_tokens,
-                    "seed": turn.seed, "modality_weights": turn.modality_weights, "cache": turn.cache}
+                    "seed": turn.seed, "modality_weights": weights or None, "cache": turn.cache}
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -222,6 +252,8 @@ def threads_router(state: ServerState) -> APIRouter:
             except BaseException as exc:  # noqa: BLE001
                 loop.call_soon_threadsafe(events.put_nowait, exc)
             finally:
+                if temp_dir is not None:
+                    temp_dir.cleanup()
                 agents.release(item)
                 agents.running.discard(thread_id)
                 loop.call_soon_threadsafe(events.put_nowait, done)
