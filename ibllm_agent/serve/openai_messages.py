@@ -87,18 +87,11 @@ def _url_source(url: Any, where: str, policy: RemotePolicy) -> tuple[bytes, str 
 
 
 def _modality_of(mime: str | None, filename: str | None, default: str | None, where: str) -> str:
-    from ibllm_agent.content import EXT_MODALITIES, MIME_MODALITIES
+    from ibllm_agent.media.formats import extension_modality, mime_modality
 
-    if mime:
-        base = mime.split(";")[0].strip().lower()
-        if base in MIME_MODALITIES:
-            return MIME_MODALITIES[base]
-        if base.split("/")[0] in ("image", "audio", "video"):
-            return base.split("/")[0]
-    if filename:
-        ext = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-        if ext in EXT_MODALITIES:
-            return EXT_MODALITIES[ext]
+    found = mime_modality(mime) or extension_modality(filename)
+    if found and found != "array":  # .npy holds points, IMU or depth: the sender must say which
+        return found
     if default:
         return default
     raise ContentBlockError(
