@@ -46,8 +46,8 @@ class Attachment:
 
 def _kind(path: Path) -> str | None:
     """The kind of data in ``path`` from its header (None when the header says nothing)."""
-    from ibllm_agent.media.infer import infer_modality
     from ibllm_agent.media.formats import EXTENSIONS
+    from ibllm_agent.media.infer import infer_modality
     from ibllm_agent.media.sources import sniff
 
     with open(path, "rb") as f:
