@@ -55,7 +55,7 @@ def test_tool_results_and_errors_are_observations(tmp_path, detector):
     first, *boxes = calls[3].output.splitlines()
     assert r.files == [first] and boxes
     # The model read each error as its observation.
-    assert "the object text is empty" in gen.calls[1][0].rsplit("Observation:", 1)[-1]
+    assert "required argument 'object' is empty" in gen.calls[1][0].rsplit("Observation:", 1)[-1]
 
 
 def _name(prompt: str) -> str:
