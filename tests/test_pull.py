@@ -80,7 +80,7 @@ def test_pull_merges_the_delta_converts_and_is_idempotent(weights):
 
 
 def test_pull_after_an_interrupted_merge_resumes(weights):
-    root, fetched = weights
+    root, _fetched = weights
     _place_llama_and_adapter(root)
     (root / "llama" / "7B_chinese").mkdir(parents=True)
     (root / "llama" / "7B_chinese" / "consolidated.00.pth.part").write_bytes(b"half a file")

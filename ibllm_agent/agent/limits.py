@@ -83,7 +83,7 @@ def call_with_deadline(fn: Callable[[], Any], timeout_s: float | None) -> Any:
     def work() -> None:
         try:
             box["value"] = ctx.run(fn)
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread and re-raised there
             box["error"] = exc
         finally:
             done.set()

@@ -93,10 +93,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetch everything a model needs and convert it (resumable: run it again after an interruption).
 
-        Downloads the adapter and ImageBind, checks LLaMA-7B (Meta's gated release, placed by hand: the
-        error names each file and where it goes), downloads and merges the Open-Chinese-LLaMA delta for
-        the stable adapter, and converts everything into the model folder. HF_TOKEN / HF_ENDPOINT are
-        used for Hugging Face downloads.
+        Downloads the adapter and ImageBind, checks LLaMA-7B (Meta's gated release, placed by hand: the error names each file and where it goes), downloads and merges the Open-Chinese-LLaMA delta for the stable adapter, and converts everything into the model folder. HF_TOKEN / HF_ENDPOINT are used for Hugging Face downloads.
         """
         from ibllm_agent.errors import ConfigError
 
