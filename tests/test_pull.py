@@ -89,3 +89,47 @@ def test_pull_after_an_interrupted_merge_resumes(weights):
     assert json.loads((out / "config.json").read_text())
     assert (root / "llama" / "7B_chinese" / "consolidated.00.pth").is_file()
     assert not (root / "llama" / "7B_chinese" / "consolidated.00.pth.part").exists()
+
+
+def test_pull_from_an_hf_format_llama_repo(weights, tmp_path, monkeypatch):
+    """--hf-llama: the repo's config/safetensors/tokenizer are fetched (stubbed Hub) and converted; the
+    result equals the model converted from the same weights in Meta layout."""
+    from transformers import LlamaForCausalLM
+
+    from ibllm_agent.errors import ConfigError
+    from ibllm_agent.model.convert import convert_to_ours
+
+    root, fetched = weights
+    _place_llama_and_adapter(root)
+    ref = convert_to_ours(tmp_path / "ref", official=root / "imagebind_llm" / "7B.pth", llama_dir=root / "llama" / "7B",
+                          encoder="tiny_w3d", encoder_weights=None)
+    ours = ImageBindLLM.from_pretrained(ref, device="cpu", dtype=torch.float32)
+    bare = LlamaForCausalLM(ours.config.llama_config())
+    bare.load_state_dict({k.removeprefix("lm."): v for k, v in ours.state_dict().items()
+                          if k.startswith("lm.") and not (k.endswith((".gate", ".bias")) or ".lora_" in k)})
+    served = tmp_path / "hub"
+    bare.save_pretrained(served)
+    (served / "tokenizer.model").write_bytes(TOK.path.read_bytes())
+    (served / "README.md").write_text("not fetched")
+    shutil.rmtree(root / "llama")  # no Meta copy: everything comes from the repo
+
+    listing = [{"path": p.name, "size": p.stat().st_size, "sha256": None} for p in served.iterdir()]
+    monkeypatch.setattr("ibllm_agent.hub.list_repo_files", lambda repo, rev, **kw: listing)
+    downloaded = []
+
+    def fake_download(hub, dest, **kw):
+        downloaded.append(hub.filename)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(served / hub.filename, dest)
+        return dest
+
+    monkeypatch.setattr("ibllm_agent.hub.hub_download", fake_download)
+    with pytest.raises(ConfigError, match="--base 7B"):
+        pull_cli.pull("imagebind-llm-7b", hf_llama="org/llama-7b-hf", encoder="tiny_w3d", encoder_weights=None,
+                      say=lambda m: None)
+    out = pull_cli.pull("imagebind-llm-7b", base="7B", hf_llama="org/llama-7b-hf", encoder="tiny_w3d",
+                        encoder_weights=None, say=lambda m: None)
+    assert "README.md" not in downloaded and "config.json" in downloaded
+    assert (root / "llama" / "hf" / "org__llama-7b-hf" / "config.json").is_file()
+    a, b = load_file(ref / "base.safetensors"), load_file(out / "base.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float()) for k in a)
