@@ -99,7 +99,7 @@ def test_pull_from_an_hf_format_llama_repo(weights, tmp_path, monkeypatch):
     from ibllm_agent.errors import ConfigError
     from ibllm_agent.model.convert import convert_to_ours
 
-    root, fetched = weights
+    root, _fetched = weights
     _place_llama_and_adapter(root)
     ref = convert_to_ours(tmp_path / "ref", official=root / "imagebind_llm" / "7B.pth", llama_dir=root / "llama" / "7B",
                           encoder="tiny_w3d", encoder_weights=None)
