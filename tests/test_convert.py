@@ -512,7 +512,8 @@ def test_full_training_checkpoint_converts_like_the_release(sources, converted, 
 
 
 def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
-    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B, writes <weights_dir>/demo."""
+    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B_chinese (or the
+    --llama-type given), writes <weights_dir>/demo."""
     import shutil
 
     weights = tmp_path / "weights"
@@ -522,7 +523,10 @@ def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     (weights / "imagebind_llm").mkdir(parents=True)
     shutil.copyfile(sources["adapter"], weights / "imagebind_llm" / "7B.pth")
     shutil.copytree(sources["llama"].parent, weights / "llama")
+    # The stable adapter's base is Open-Chinese-LLaMA (llama/7B_chinese): missing here, and said so.
     res = _cli_in_process("--from-registry", "--encoder", "tiny_w3d")
+    assert res.exit_code != 0 and "pull imagebind-llm-7b" in str(res.exception)
+    res = _cli_in_process("--from-registry", "--llama-type", "7B", "--encoder", "tiny_w3d")
     assert res.exit_code == 0, res.output
     model = ImageBindLLM.from_pretrained(weights / "demo", device="cpu")
     assert model.config.lora_rank == RANK

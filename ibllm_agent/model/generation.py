@@ -21,6 +21,8 @@ per step through transformers' ``DynamicCache``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -110,6 +112,22 @@ class TextStream(Iterator[str]):
         self._gen.close()  # type: ignore[attr-defined]
 
 
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV-cache keyword of ``model.forward``: recent transformers name it ``cache`` and warn
+    (FutureWarning) on the older ``past_key_values``; older 5.x releases only know the latter."""
+    return {_cache_name(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The KV cache of a model output (``cache`` in recent transformers, else ``past_key_values``)."""
+    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
+
 class BatchStream(Iterator[list[tuple[int, str]]]):
     """The iterator ``Generator.stream_batch`` returns: per step a list of ``(row, delta)``;
     ``.results`` (one ``Result`` per row) is set once exhausted."""
@@ -144,11 +162,11 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **cache_kwargs(model, past_key_values),
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return out.logits, out.past_key_values
+        return out.logits, returned_cache(out)
 
     return step
 

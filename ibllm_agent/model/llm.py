@@ -32,6 +32,7 @@ from ibllm_agent.errors import ConfigError, TokenizerError
 from ibllm_agent.model.bind import BindNetwork
 from ibllm_agent.model.config import PHASES, ImageBindLLMConfig, config_7b, config_tiny
 from ibllm_agent.model.fusion import fuse
+from ibllm_agent.model.generation import cache_kwargs, returned_cache
 from ibllm_agent.model.injection import (
     InjectionSlot,
     VisualInjection,
@@ -373,11 +374,11 @@ class ImageBindLLM(nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **cache_kwargs(self.lm, past_key_values),
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
             )
-        return out.logits, out.past_key_values
+        return out.logits, returned_cache(out)
 
     # ------------------------------------------------------------------ text generation
     def count_tokens(self, text: str) -> int:
