@@ -45,10 +45,8 @@ _SAMPLING_KWARGS = ("max_new_tokens", "max_tokens", "temperature", "top_p", "see
 # LangChain-internal kwargs that may reach _generate and carry nothing for us.
 _IGNORED_KWARGS = ("parallel_tool_calls", "strict", "ls_structured_output_format")
 
-# Loaded models shared by every ChatImageBindLLM built with the same preset/dir/device/dtype:
-# LangChain builds chat models freely (bind, with_config, the standard test suites), and each would
-# otherwise hold its own copy of the weights.
-_MODELS: dict[tuple, Any] = {}
+# Guards _CALL_LOCKS (never held while a model loads; loaded models are shared through
+# ibllm_agent.loading.load_shared, which locks per model key).
 _MODELS_LOCK = threading.Lock()
 
 # One lock per generator object: LangChain's batch/abatch call the model from several threads, and a
@@ -62,16 +60,17 @@ def _call_lock(model: Any) -> threading.RLock:
         return _CALL_LOCKS.setdefault(id(model), threading.RLock())
 
 
-def _attach_cache(model: Any, cache_dir: str) -> None:
-    """Load a ``VisualCache`` folder onto ``model`` (its media encodings become cache-enhanced)."""
-    if not hasattr(model, "visual_cache"):
+def _attach_cache(model: Any, cache_dir: str) -> Any:
+    """``model`` with a media stage using the ``VisualCache`` folder ``cache_dir`` (same weights, shared;
+    the given model is not changed): its media encodings become cache-enhanced."""
+    if not callable(getattr(model, "with_cache", None)):
         raise ConfigError(
-            f"cache_dir={cache_dir!r} needs a model with a visual cache (ImageBindLLM); "
-            f"{type(model).__name__} has none"
+            f"cache_dir={cache_dir!r} needs a model with a visual cache (a MultimodalLLM from "
+            f"ibllm_agent.load_model); {type(model).__name__} has none"
         )
     from ibllm_agent.cache import VisualCache
 
-    model.visual_cache = VisualCache.load(cache_dir)
+    return model.with_cache(VisualCache.load(cache_dir))
 
 
 def _load_model(
@@ -82,36 +81,14 @@ def _load_model(
     overrides: dict[str, Any],
     cache_dir: str | None = None,
 ) -> Any:
-    # The cache is part of the key: models are shared between chat models, a cache must not leak to
-    # chat models built without one.
-    key = (preset, model_dir, device, dtype, json.dumps(overrides, sort_keys=True, default=str), cache_dir)
-    with _MODELS_LOCK:
-        if key in _MODELS:
-            return _MODELS[key]
-        import torch
+    """The shared ``MultimodalLLM`` for these settings (``ibllm_agent.loading.load_shared``: one per
+    name/folder, device, dtype, cache and overrides; device/dtype by the Settings rules)."""
+    from pathlib import Path
 
-        from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.loading import load_shared
 
-        torch_dtype = None
-        if dtype is not None:
-            torch_dtype = getattr(torch, dtype, None)
-            if not isinstance(torch_dtype, torch.dtype):
-                raise ConfigError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
-        if preset is not None:
-            model = ImageBindLLM.from_preset(preset, device=device, dtype=torch_dtype, **overrides)
-        else:
-            if overrides:
-                raise ConfigError(
-                    f"model_kwargs {sorted(overrides)} only apply to presets; a saved model's config is "
-                    f"in {model_dir}/config.json"
-                )
-            model = ImageBindLLM.from_pretrained(model_dir, device=device, dtype=torch_dtype)
-        if hasattr(model, "eval"):
-            model.eval()
-        if cache_dir is not None:
-            _attach_cache(model, cache_dir)
-        _MODELS[key] = model
-        return model
+    name = preset if preset is not None else Path(str(model_dir))  # a Path is always a folder
+    return load_shared(name, device, dtype, cache_dir=cache_dir, overrides=overrides)
 
 
 @dataclass
@@ -318,7 +295,7 @@ class ChatImageBindLLM(BaseChatModel):
                 self.preset, self.model_dir, self.device, self.dtype, dict(self.model_kwargs), self.cache_dir
             )
         elif self.cache_dir is not None:
-            _attach_cache(self.model, self.cache_dir)
+            self.model = _attach_cache(self.model, self.cache_dir)
         if not isinstance(self.model, TextGenerator):
             raise ConfigError(
                 f"model must implement ibllm_agent.types.TextGenerator (generate, stream, count_tokens, "

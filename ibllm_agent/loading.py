@@ -54,8 +54,8 @@ _MODELS: dict[str, ModelSpec] = {
     "demo": ModelSpec(
         "the converted official ImageBind-LLM 7B",
         folder="demo",
-        install="ibllm-agent download imagebind_llm_7b llama_7b, then ibllm-agent convert --official ... "
-        "--llama-dir ... --out {path}",
+        install="convert the official checkpoint into it: ibllm-agent download imagebind_llm_7b llama_7b, then "
+        "ibllm-agent convert --official ... --llama-dir ... --out {path}",
     ),
 }
 
@@ -116,8 +116,8 @@ def _folder_of(spec: ModelSpec, name: str) -> Path:
     if not (path / "config.json").is_file():
         hint = spec.install.format(path=path)
         raise ConfigError(
-            f"model {name!r} is not installed: expected a model folder at {path}"
-            + (f". Get it with: {hint}" if hint else "")
+            f"the {name} model is not installed: expected a model folder at {path}"
+            + (f"; {hint}" if hint else "") + " (or use a model folder, or 'tiny')"
         )
     return path
 

@@ -23,24 +23,6 @@ MODEL_HELP = (
 )
 
 
-def resolve_model_spec(spec: str) -> str:
-    """``demo`` → the folder ``<weights_dir>/demo``; other specs unchanged."""
-    from ibllm_agent.errors import ConfigError
-
-    if spec != "demo":
-        return spec
-    from ibllm_agent.config import get_settings
-
-    folder = Path(get_settings().weights_dir) / "demo"
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"the demo model is not installed: expected a model folder at {folder}. Convert the official "
-            f"checkpoint into it (ibllm-agent download imagebind_llm_7b llama_7b, then ibllm-agent convert "
-            f"--official ... --llama-dir ... --out {folder}), or pass --model DIR|tiny"
-        )
-    return str(folder)
-
-
 # Options shared by `run` and `chat` (typer reads these as parameter defaults in both commands).
 MODEL_OPT = typer.Option("demo", "--model", help=MODEL_HELP)
 THREAD_OPT = typer.Option(None, "--thread", help="Thread id to continue (default: new).")
@@ -50,7 +32,14 @@ MEMORY_OPT = typer.Option(
 WORKSPACE_OPT = typer.Option(None, "--workspace", help="Root folder for thread files.")
 TOOL_OPT = typer.Option([], "--tool", help="Use only this registered tool (repeatable).")
 NO_TOOLS_OPT = typer.Option(False, "--no-tools", help="Plain chat without tools.")
-DEVICE_OPT = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda).")
+DEVICE_OPT = typer.Option(
+    None, "--device", help="Device for the model and the tool models: auto, cpu, cuda, cuda:N (default: the device "
+    "setting, env IBLLM_DEVICE; auto = cuda when available)."
+)
+DTYPE_OPT = typer.Option(
+    None, "--dtype", help="Model precision: auto, fp32, bf16, fp16 (default: the dtype setting, env IBLLM_DTYPE; "
+    "auto = bf16/fp16 on cuda, fp32 on cpu)."
+)
 CACHE_OPT = typer.Option(
     None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
     "(default: the visual_cache setting, env IBLLM_VISUAL_CACHE)."
@@ -66,20 +55,23 @@ def make_agent(
     max_steps: int,
     device: str | None,
     cache: Path | None = None,
+    dtype: str | None = None,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up)."""
     from ibllm_agent.agent import build_agent
     from ibllm_agent.config import get_settings
 
-    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device, visual_cache=cache)
+    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device, dtype=dtype,
+                            visual_cache=cache)
     tool_spec: Any = [] if no_tools else (list(tools) or None)
     return build_agent(
-        resolve_model_spec(model),
+        model,  # a name of ibllm_agent.load_model ('demo', 'tiny'), a folder or scripted:FILE
         tools=tool_spec,
         memory=settings.memory_url,
         workspace=settings.workspace_dir,
         max_steps=max_steps,
         device=settings.device,
+        dtype=settings.dtype,
         cache_dir=settings.visual_cache,
     )
 
@@ -107,13 +99,14 @@ def register(app: typer.Typer) -> None:
         no_tools: bool = NO_TOOLS_OPT,
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
         device: str | None = DEVICE_OPT,
+        dtype: str | None = DTYPE_OPT,
         cache: Path | None = CACHE_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
                              thermal=thermal, imu=imu)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, dtype)
         with agent:
             if json_out:
                 result = agent.send(thread_id, prompt, files)
