@@ -209,12 +209,12 @@ def load_shared(
             return model
         model = load_model(name_or_dir, dev, dt, cache_dir=cache_dir, overrides=overrides)
 
-        def forget(released: MultimodalLLM, key: tuple = key) -> None:
+        def forget(key: tuple = key, model: MultimodalLLM = model) -> None:
             with _POOL_LOCK:
-                if _SHARED.get(key) is released:
+                if _SHARED.get(key) is model:
                     del _SHARED[key]
 
-        model._on_release.append(forget)
+        model.on_release(forget)
         with _POOL_LOCK:
             _SHARED[key] = model
     return model

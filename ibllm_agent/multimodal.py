@@ -24,6 +24,15 @@ class ReleasedModelError(ConfigError):
     """A ``MultimodalLLM`` was used after ``release()``."""
 
 
+class _Life:
+    """Whether the weights behind one or more ``MultimodalLLM`` views were released."""
+
+    def __init__(self) -> None:
+        self.released = False
+        self.lock = threading.Lock()
+        self.on_release: list[Callable[[], None]] = []  # e.g. the loading pool forgetting the model
+
+
 class MultimodalLLM:
     """ImageBind-LLM as a ``TextGenerator``: ``generate`` / ``stream`` take a final prompt plus ``Media``.
 
@@ -33,7 +42,7 @@ class MultimodalLLM:
     the preset's seeded encoder, on ``llm``'s device and dtype).
     """
 
-    def __init__(self, llm: Any, media: MediaEncoder, *, name: str | None = None):
+    def __init__(self, llm: Any, media: MediaEncoder, *, name: str | None = None, _life: _Life | None = None):
         dim = media.out_dim
         if dim is not None and dim != llm.config.visual_dim:
             raise ConfigError(
@@ -43,9 +52,9 @@ class MultimodalLLM:
         self.llm = llm
         self.media = media
         self.name = name or type(llm).__name__
-        self.released = False
-        self._on_release: list[Callable[[MultimodalLLM], None]] = []
-        self._lock = threading.Lock()
+        # Shared by every MultimodalLLM over the same weights (``with_cache`` views): releasing one
+        # releases them all.
+        self._life = _life or _Life()
 
     @classmethod
     def from_llm(cls, llm: Any, cache: Any = None, *, name: str | None = None) -> MultimodalLLM:
@@ -58,7 +67,11 @@ class MultimodalLLM:
 
     def with_cache(self, cache: Any) -> MultimodalLLM:
         """The same model and encoder (shared) with another visual cache (None: without one)."""
-        return MultimodalLLM(self.llm, self.media.with_cache(cache), name=self.name)
+        return MultimodalLLM(self.llm, self.media.with_cache(cache), name=self.name, _life=self._life)
+
+    @property
+    def released(self) -> bool:
+        return self._life.released
 
     # ------------------------------------------------------------------ TextGenerator
     @property
@@ -144,14 +157,15 @@ class MultimodalLLM:
     def release(self) -> None:
         """Free the weights now: the LLM and the encoder go to the meta device (their memory is returned
         even while other objects still reference this one), the KV caches are dropped and a shared
-        model is forgotten by ``load_model``'s pool. Using it afterwards raises ``ReleasedModelError``."""
-        with self._lock:
-            if self.released:
+        model is forgotten by ``load_model``'s pool. Using it (or a ``with_cache`` view of the same
+        weights) afterwards raises ``ReleasedModelError``."""
+        with self._life.lock:
+            if self._life.released:
                 return
-            self.released = True
-        callbacks, self._on_release = self._on_release, []
+            self._life.released = True
+        callbacks, self._life.on_release = self._life.on_release, []
         for callback in callbacks:
-            callback(self)
+            callback()
         was_cuda = self.llm.device.type == "cuda"
         engine = getattr(self.llm, "_engine", None)
         if engine is not None:
@@ -162,6 +176,10 @@ class MultimodalLLM:
         self.media.cache = None
         if was_cuda:
             torch.cuda.empty_cache()
+
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once when these weights are released (by this object or a view)."""
+        self._life.on_release.append(callback)
 
     def _live(self) -> MultimodalLLM:
         if self.released:

@@ -4,9 +4,10 @@ media ─► encoders ─► cache ─► fusion ═ VisualFeatures ═► model
 
 ``Media`` is an attachment (any source a loader accepts, plus its modality and fusion weight).
 ``VisualFeatures`` is what the media stage (``ibllm_agent.media_encoder.MediaEncoder``) hands the
-model: tensors only. ``Sampling`` and ``CacheSettings`` are per-call knobs. ``Generation`` is what a text generator
-returns. ``TextGenerator`` is the seam between the chat model and whatever produces text: the real
-``ImageBindLLM`` or, in tests, a scripted generator whose outputs are known.
+model: tensors only. ``Sampling`` and ``CacheSettings`` are per-call knobs. ``Generation`` is what a
+text generator returns. ``TextGenerator`` is the seam between the chat model and whatever produces
+text: the ``MultimodalLLM`` of ``ibllm_agent.load_model`` (media stage + ``ImageBindLLM``) or, in
+tests, a scripted generator whose outputs are known.
 """
 
 from __future__ import annotations

@@ -141,7 +141,9 @@ def test_shared_pool_and_release():
     assert b is not a
     chat = ChatImageBindLLM(preset="tiny", device="cpu", dtype="float32")
     assert chat.model is a
-    a.release()
+    view = a.with_cache(None)  # another media stage over the same weights
+    view.release()  # releases the weights of both, and the pool forgets them
+    assert a.released
     assert a.released and all(p.is_meta for p in a.llm.parameters())  # the memory is returned
     assert all(p.is_meta for p in a.media.encoder.parameters())
     with pytest.raises(ReleasedModelError, match="released"):

@@ -203,7 +203,7 @@ def test_running_the_model_loads_neither_media_nor_cache():
         " or n in ('ibllm_agent.media_encoder', 'ibllm_agent.multimodal', 'ibllm_agent.loading')]\n"
         "print(sorted(bad))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
