@@ -6,7 +6,7 @@ Public API (imported lazily so ``import ibllm_agent`` stays light; nothing heavy
                             for device/dtype (``ibllm_agent.loading``)
 - ``ImageBindLLM``          the multimodal LLaMA: token ids + visual features (``ibllm_agent.model``)
 - ``MediaEncoder``          the media stage: media → fused ImageBind features (``ibllm_agent.media_encoder``)
-- ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat_model``)
+- ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat``)
 - ``VisualCache``           the FAISS cache of image features (``ibllm_agent.cache``)
 - ``build_agent``           a LangGraph agent with memory and tools (``ibllm_agent.agent``)
 - ``media``                 loaders: ``ibllm_agent.media.load(source, modality)``
@@ -26,7 +26,7 @@ _LAZY = {
     "MediaEncoder": "ibllm_agent.media_encoder",
     "VisualFeatures": "ibllm_agent.types",
     "ImageBindLLM": "ibllm_agent.model",
-    "ChatImageBindLLM": "ibllm_agent.chat_model",
+    "ChatImageBindLLM": "ibllm_agent.chat",
     "VisualCache": "ibllm_agent.cache",
     "build_agent": "ibllm_agent.agent",
     "Media": "ibllm_agent.types",

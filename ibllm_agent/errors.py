@@ -139,3 +139,8 @@ class ManualWeightMissingError(MissingWeightError):
 class EncoderInputError(IbllmError, ValueError):
     """A tensor handed to the ImageBind encoders has the wrong modality name, shape, dtype or values
     (the message names the modality, the expected shape and what was given)."""
+
+
+class EvalDataError(IbllmError, ValueError):
+    """An evaluation file (ground truth, predictions, MME questions) is missing, not JSON, or lacks a
+    field; the message names the file, the item and the field."""

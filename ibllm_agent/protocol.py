@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ibllm_agent import stops as stops_mod
 from ibllm_agent.errors import ConfigError, ToolArgumentError
 from ibllm_agent.prompts import gpt4tools_blocks
 
@@ -288,8 +289,7 @@ class ParsedStep:
 
 def cut_at_stop(text: str, stops: Iterable[str] = STOP_SEQUENCES) -> tuple[str, bool]:
     """Text before the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    return stops_mod.cut_at_stop(text, stops)
 
 
 def _cut_observation(text: str) -> str:

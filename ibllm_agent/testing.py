@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from ibllm_agent.errors import IbllmError
+from ibllm_agent.stops import cut_at_stop
 from ibllm_agent.types import CacheSettings, Generation, Media, Sampling
 
 ScriptedOutput = str | Callable[[str, Sequence[Media], Sampling], str]
@@ -163,9 +164,9 @@ class ScriptedGenerator:
 def _apply_limits(text: str, sampling: Sampling) -> tuple[str, str]:
     """Cut ``text`` at the earliest stop string, then at ``max_new_tokens`` pieces."""
     finish = "eos"
-    cut = min((i for i in (text.find(s) for s in sampling.stop if s) if i >= 0), default=-1)
-    if cut >= 0:
-        text, finish = text[:cut], "stop"
+    text, found = cut_at_stop(text, sampling.stop)
+    if found:
+        finish = "stop"
     if sampling.max_new_tokens is not None and sampling.max_new_tokens >= 0:
         pieces = [m.group(0) for m in _TOKEN.finditer(text)]
         words = [p for p in pieces if p.strip()]

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
 
 import pytest
 from ibllm_agent.prompts import format_prompt
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.errors import ConfigError, IbllmError
 from ibllm_agent.experts import FunctionExpert, format_line, run_experts
 from ibllm_agent.testing import ScriptedGenerator, ScriptExhaustedError
 from ibllm_agent.types import CacheSettings, Media, Sampling, TextGenerator
+
+
+def test_public_import_paths():
+    import importlib
+
+    import ibllm_agent
+
+    assert ibllm_agent.ChatImageBindLLM is ChatImageBindLLM
+    assert ChatImageBindLLM.__module__ == "ibllm_agent.chat.model"
+    assert "Key init args" in ChatImageBindLLM.__doc__  # the class docstring is the manual
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("ibllm_agent.chat_model")  # moved, no shim left behind
 
 
 # -- ScriptedGenerator ---------------------------------------------------------------------------------
@@ -214,6 +228,44 @@ def test_astream_propagates_model_errors():
 
     with pytest.raises(ScriptExhaustedError):
         asyncio.run(main())
+
+
+class _EndlessStream(ScriptedGenerator):
+    """A model that decodes forever unless its stream is closed; counts pieces, records the context."""
+
+    def __init__(self, var):
+        super().__init__([], prompt_template="raw")
+        self.var, self.pieces, self.seen = var, 0, []
+        self.closed = threading.Event()
+
+    def stream(self, prompt, media=None, *, sampling=None, cache=None):
+        self.seen.append(self.var.get())
+        try:
+            while True:
+                self.pieces += 1
+                yield f"w{self.pieces} "
+        finally:
+            self.closed.set()
+
+
+def test_astream_consumer_that_stops_stops_decoding_and_keeps_contextvars():
+    var = contextvars.ContextVar("request", default="none")
+    gen = _EndlessStream(var)
+    chat = ChatImageBindLLM(model=gen)
+
+    async def main():
+        var.set("req-7")
+        async for chunk in chat.astream("hi"):
+            assert chunk.content.startswith("w1")
+            break
+        assert await asyncio.to_thread(gen.closed.wait, 5)  # the model's stream was closed
+        pieces = gen.pieces
+        await asyncio.sleep(0.05)
+        return pieces
+
+    pieces = asyncio.run(main())
+    assert gen.pieces == pieces < 100  # decoding stopped (the bridge runs at most 16 chunks ahead)
+    assert gen.seen == ["req-7"]
 
 
 def test_batch():

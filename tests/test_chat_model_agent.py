@@ -7,7 +7,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.testing import ScriptedGenerator
 
 YES = "Thought: Do I need to use a tool? Yes"

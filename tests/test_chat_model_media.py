@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from langchain_core.messages import HumanMessage
 
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.testing import ScriptedGenerator
 
 # modality -> (block type, mime type, file name)

@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langchain_core.tools import tool
 
 from ibllm_agent import protocol as P
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.errors import ConfigError
 from ibllm_agent.experts import FunctionExpert
 from ibllm_agent.testing import ScriptedGenerator

@@ -22,7 +22,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 
 # The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
 pytestmark = pytest.mark.asyncio

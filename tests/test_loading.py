@@ -11,7 +11,7 @@ import torch
 
 import ibllm_agent
 from ibllm_agent import loading
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.errors import ConfigError
 from ibllm_agent.loading import load_model, load_shared
 from ibllm_agent.model import ImageBindLLM

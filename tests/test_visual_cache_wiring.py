@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from ibllm_agent.cache import VisualCache
-from ibllm_agent.chat_model import ChatImageBindLLM
+from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.errors import ConfigError
 from ibllm_agent.testing import ScriptedGenerator
 from ibllm_agent.types import CacheSettings, Media

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
 from ibllm_agent.agent.models import ModelPool
 from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
 from ibllm_agent.errors import ConfigError, ToolRegistryError
+from ibllm_agent.sync_bridge import iterate_in_thread, run_in_thread
 from ibllm_agent.types import Media
 
 __all__ = ["Agent", "ToolCallRecord", "TurnEvent", "TurnResult", "build_agent", "load_chat_model"]
@@ -175,7 +177,7 @@ def load_chat_model(
                 "chat model its cache itself (ChatImageBindLLM(cache_dir=...))"
             )
         return model
-    from ibllm_agent.chat_model import ChatImageBindLLM
+    from ibllm_agent.chat import ChatImageBindLLM
     from ibllm_agent.loading import available_models
     from ibllm_agent.model.llm import ImageBindLLM
     from ibllm_agent.types import TextGenerator
@@ -293,9 +295,7 @@ class Agent:
     async def ainvoke(self, input: Any, config: dict | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault("durability", "sync")
         if self.memory.kind == "sqlite":  # SqliteSaver has no async API: run the graph in a thread
-            import asyncio
-
-            return await asyncio.to_thread(self.graph.invoke, input, config, **kwargs)
+            return await run_in_thread(self.graph.invoke, input, config, **kwargs)
         return await self.graph.ainvoke(input, config, **kwargs)
 
     # -- threads -----------------------------------------------------------------------------------
@@ -451,36 +451,25 @@ class Agent:
     async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
                            *, stream_tokens: bool = True) -> AsyncIterator[TurnEvent]:
         """Async ``stream_turn``: the turn runs in a worker thread (the SQLite checkpointer is
-        synchronous), events arrive on the event loop as they happen."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        done = object()
-
-        def produce() -> None:
-            try:
-                for event in self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens):
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
-            except BaseException as exc:  # re-raised on the loop side
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-
-        worker = loop.run_in_executor(None, produce)
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):
-                await worker
-                raise item
-            yield item
-        await worker
+        synchronous) that sees the caller's contextvars; events arrive on the event loop as they
+        happen. A consumer that stops early (``break``, ``aclose``, cancellation) stops the turn: no
+        further model step or tool call runs (the one in progress finishes), and the thread is left
+        as an interrupted turn that the next turn repairs."""
+        events = iterate_in_thread(
+            lambda: self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens)
+        )
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
-        """Async ``send``."""
+        """Async ``send`` (cancelling it stops the turn, see ``astream_turn``)."""
         result = None
-        async for event in self.astream_turn(thread_id, text, attachments, stream_tokens=False):
-            if event.kind == "done":
-                result = event.result
+        events = self.astream_turn(thread_id, text, attachments, stream_tokens=False)
+        async with aclosing(events):
+            async for event in events:
+                if event.kind == "done":
+                    result = event.result
         assert result is not None
         return result
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ibllm_agent.model.tokenizer import Tokenizer
+from ibllm_agent.stops import find_stop, partial_stop_len
 
 _REPLACEMENT = "\ufffd"
 
@@ -79,15 +80,9 @@ class Detokenizer:
         # Only text that could contain a *new* occurrence is searched: everything up to ``emitted``
         # was checked before, so start (longest stop - 1) characters earlier.
         start = max(0, self.emitted - max(map(len, self.stop)) + 1)
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        return min(hits) if hits else None
+        cut = find_stop(self.text, self.stop, start)
+        return cut if cut >= 0 else None
 
     def _stop_prefix_len(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
-        best = 0
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(text)), best, -1):
-                if text.endswith(s[:k]):
-                    best = k
-                    break
-        return best
+        return partial_stop_len(text, self.stop)

@@ -1,47 +1,18 @@
-"""Incremental reading of streamed model text: stop strings, trimming, and one GPT4Tools step.
+"""Incremental reading of streamed model text: trimming and one GPT4Tools step.
 
-Pure text-in/events-out helpers used by ``ChatImageBindLLM._stream``: they decide as early as the text
-allows whether a step is a tool call (complete ``Action Input:`` line), an answer (after ``AI:``) or
-plain text, so answers stream while tool calls are emitted whole.
+Pure text-in/events-out helpers used by ``ChatImageBindLLM._stream`` once ``ibllm_agent.stops``
+has cut the stream at its stop strings: they decide as early as the text allows whether a step is a
+tool call (complete ``Action Input:`` line), an answer (after ``AI:``) or plain text, so answers
+stream while tool calls are emitted whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from ibllm_agent import protocol as P
 
-
-class StopCutter:
-    """Cuts a stream at the earliest stop string, holding back a tail that could start one."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.buf = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        self.buf += piece
-        text, found = P.cut_at_stop(self.buf, self.stops)
-        if found:
-            self.stopped = True
-            self.buf = ""
-            return text
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.buf)), 0, -1):
-                if self.buf.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
-        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.buf = ("" if self.stopped else self.buf), ""
-        return out
+__all__ = ["StepStream", "find_ai"]
 
 
 class _Trim:
