@@ -273,10 +273,10 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         kind="file",
         path="groundingdino/groundingdino_swint_ogc.pth",
         description="GroundingDINO Swin-T (OGC) open-set detector, plus its model config "
-        "GroundingDINO_SwinT_OGC.py in the same folder.",
+        "GroundingDINO_SwinT_OGC.py and the bert-base-uncased vocab.txt in the same folder.",
         licence="Apache-2.0",
         source="https://github.com/IDEA-Research/GroundingDINO/releases/tag/v0.1.0-alpha",
-        size_bytes=693_997_677 + 1_006,
+        size_bytes=693_997_677 + 1_006 + 231_508,
         files=(
             WeightFile(
                 "groundingdino/groundingdino_swint_ogc.pth",
@@ -287,6 +287,12 @@ _ENTRIES: tuple[WeightSpec, ...] = (
             WeightFile(
                 "groundingdino/GroundingDINO_SwinT_OGC.py",
                 "https://raw.githubusercontent.com/IDEA-Research/GroundingDINO/main/groundingdino/config/GroundingDINO_SwinT_OGC.py",
+            ),
+            # The .pth holds the BERT weights but not the tokenizer vocabulary the text encoder needs.
+            WeightFile(
+                "groundingdino/bert-base-uncased-vocab.txt",
+                "https://huggingface.co/google-bert/bert-base-uncased/resolve/main/vocab.txt",
+                231_508,
             ),
         ),
         extra={"config": "groundingdino/GroundingDINO_SwinT_OGC.py"},
@@ -301,6 +307,14 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         "CreativeML OpenRAIL-M",
         int(5.5 * _GB),
         " (the maintained copy of runwayml/stable-diffusion-inpainting, which was taken down)",
+    ),
+    _diffusers(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 (diffusers layout), for the text-to-image tool.",
+        "CreativeML OpenRAIL-M",
+        int(5.2 * _GB),
+        " (the maintained copy of runwayml/stable-diffusion-v1-5, which was taken down)",
     ),
     _diffusers(
         "sd21_unclip",

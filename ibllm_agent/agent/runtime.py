@@ -222,6 +222,25 @@ def load_chat_model(
     return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **placement)
 
 
+def _default_tools(chat: Any) -> list[Any]:
+    """Installed tools (entry points) plus the built-in vision tools that can run here (weights
+    present or none needed); an installed tool with a built-in tool's name replaces it."""
+    from ibllm_agent.agent.registry import default_registry
+    from ibllm_agent.tools import default_tools
+
+    installed = default_registry().tools()
+    names = {t.name for t in installed}
+    from ibllm_agent.types import TextGenerator
+
+    generator = getattr(chat, "model", None)
+    if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
+        generator = None
+    # The media stage's visual cache (a MultimodalLLM's) also enhances any-to-image.
+    cache = getattr(getattr(generator, "media", None), "cache", None)
+    builtin = default_tools(generator=generator, cache=cache, available_only=True)
+    return installed + [t for t in builtin if t.name not in names]
+
+
 def _resolve_tools(tools: Any) -> list[Any]:
     from langchain_core.tools import BaseTool
 
@@ -566,7 +585,10 @@ def build_agent(
             (``"tiny"``, ``"demo"``), ``"scripted:PATH.json"`` or a saved model folder (see
             ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
-            (tools of installed packages, entry-point group ``ibllm_agent.tools``); ``[]`` = none.
+            (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in
+            vision tools that can run here (``ibllm_agent.tools.default_tools(available_only=True)``:
+            weights present or none needed; the description/VQA tools are answered by this chat
+            model's generator); ``[]`` = none.
         memory: ``"sqlite:///PATH"`` (default: ``Settings.memory_url``, under the workspace),
             ``"postgres://…"`` (extra ``[serve]``), ``"memory"``, or a LangGraph checkpointer.
         workspace: the root folder for thread files (default ``Settings.workspace_dir``).
@@ -614,8 +636,8 @@ def build_agent(
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
-        tool_list = _resolve_tools(tools)
         chat = load_chat_model(model, cache_dir, device=model_device, dtype=dtype)
+        tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
         graph = create_agent(
             chat,
             tool_list,
