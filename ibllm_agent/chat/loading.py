@@ -8,6 +8,7 @@ from typing import Any
 
 from ibllm_agent.errors import ConfigError
 
+
 def _attach_cache(model: Any, cache_dir: str) -> Any:
     """``model`` with a media stage using the ``VisualCache`` folder ``cache_dir`` (same weights, shared;
     the given model is not changed): its media encodings become cache-enhanced."""
