@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from agent_support import answer, tool_step
+from ibllm_agent.tools import ToolOptions, default_tools
+from ibllm_agent.tools.tiny import tiny_detector
 from PIL import Image, ImageDraw
-from test_agent_support import answer, tool_step
 
 from ibllm_agent.agent import build_agent
 from ibllm_agent.testing import ScriptedGenerator
-from ibllm_agent.tools import ToolOptions, default_tools
-from ibllm_agent.tools.tiny import tiny_detector
 
 OPTIONS = ToolOptions(box_threshold=0.0, text_threshold=0.0, progress=False)
 

@@ -26,6 +26,7 @@ from ibllm_agent.cli.run import (
     CACHE_OPT,
     DEVICE_OPT,
     DTYPE_OPT,
+    EXPERTS_OPT,
     MEMORY_OPT,
     MODEL_OPT,
     NO_TOOLS_OPT,
@@ -163,10 +164,11 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE_OPT,
         dtype: str | None = DTYPE_OPT,
         cache: Path | None = CACHE_OPT,
+        experts: bool = EXPERTS_OPT,
     ) -> None:
         from ibllm_agent.errors import IbllmError
 
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, dtype)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, experts, dtype)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ibllm_agent.errors import IbllmError
+from ibllm_agent.sizes import format_size
 
 # Import names of the optional packages the extras install (checked without importing them).
 _OPTIONAL = {
@@ -26,16 +27,6 @@ _OPTIONAL = {
     "fastapi": "serve",
     "uvicorn": "serve",
 }
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _environment(settings: Any) -> dict[str, Any]:
@@ -156,9 +147,9 @@ def _print_human(data: dict[str, Any]) -> None:
         else:
             state = "missing (manual)" if w["kind"] == "manual" else "missing"
         if w["partial_bytes"] and not w["present"]:
-            state += f", {_human(w['partial_bytes'])} downloaded (resumable)"
+            state += f", {format_size(w['partial_bytes'])} downloaded (resumable)"
         rel = Path(w["path"]).relative_to(data["settings"]["weights_dir"])
-        table.add_row(w["name"], state, _human(w["size_bytes"]), str(rel))
+        table.add_row(w["name"], state, format_size(w["size_bytes"]), str(rel))
     console.print(table)
     console.print("[bold]Tools[/bold] (offered by the agent when nothing is missing)")
     for t in data["tools"]:

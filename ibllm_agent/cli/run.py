@@ -41,6 +41,12 @@ DTYPE_OPT = typer.Option(
     None, "--dtype", help="Model precision: auto, fp32, bf16, fp16 (default: the dtype setting, env IBLLM_DTYPE; "
     "auto = bf16/fp16 on cuda, fp32 on cpu)."
 )
+EXPERTS_OPT = typer.Option(
+    False, "--experts/--no-experts",
+    help="Run the context experts on attachments: Whisper speech-to-text on audio, the video object "
+    "detector on video; their findings go before the prompt as (recognized text: …) / (detected object "
+    "classes: …). Needs the whisper_tiny and groundingdino_swint_ogc weights.",
+)
 CACHE_OPT = typer.Option(
     None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
     "(default: the visual_cache setting, env IBLLM_VISUAL_CACHE)."
@@ -56,6 +62,7 @@ def make_agent(
     max_steps: int,
     device: str | None,
     cache: Path | None = None,
+    experts: bool = False,
     dtype: str | None = None,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up)."""
@@ -74,6 +81,7 @@ def make_agent(
         device=settings.device,
         dtype=settings.dtype,
         cache_dir=settings.visual_cache,
+        experts=experts or None,
     )
 
 
@@ -109,6 +117,7 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE_OPT,
         dtype: str | None = DTYPE_OPT,
         cache: Path | None = CACHE_OPT,
+        experts: bool = EXPERTS_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         ground: bool = typer.Option(
             False, "--ground", help="Detection cascade: find the answer's nouns in the image with the detector "
@@ -118,7 +127,7 @@ def register(app: typer.Typer) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
                              thermal=thermal, imu=imu)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, dtype)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, experts, dtype)
         with agent:
             if json_out:
                 result = agent.send(thread_id, prompt, files)
