@@ -301,8 +301,11 @@ def test_hf_base_without_adapter_initialises_pretrain_model(converted, sources, 
 
     assert model.config.visual_dim == 64 == model.bind.proj.in_features
     save_file(ImageBind.from_preset("tiny_w3d").state_dict(), str(out / "encoder.safetensors"))
-    model = ImageBindLLM.from_pretrained(out, device="cpu")
-    assert model.visual_tokens([Media("image", torch.zeros(3, 224, 224))]).visual.shape == (1, 1, DIM)
+    from ibllm_agent.multimodal import MultimodalLLM
+
+    model = MultimodalLLM.from_llm(ImageBindLLM.from_pretrained(out, device="cpu"))
+    feats = model.encode([Media("image", torch.zeros(3, 224, 224))])
+    assert model.llm.visual_input(feats).visual.shape == (1, 1, DIM)
 
 
 def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, converted, tmp_path):

@@ -145,18 +145,25 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     return events
 
 
-def load_chat_model(model: Any, cache_dir: str | Path | None = None, **chat_options: Any) -> Any:
+def load_chat_model(
+    model: Any, cache_dir: str | Path | None = None, *, device: str | None = None, dtype: str | None = None,
+    **chat_options: Any,
+) -> Any:
     """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
 
-    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
-      ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``;
-    - ``"tiny"`` → the random tiny preset (tests, smoke runs);
+    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. the ``MultimodalLLM`` of
+      ``ibllm_agent.load_model``, ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``; a bare
+      ``ImageBindLLM`` gets the media stage its config names first (``MultimodalLLM.from_llm``);
+    - a name of ``ibllm_agent.load_model`` (``"tiny"``: the random tiny preset for tests and smoke
+      runs; ``"demo"``: the converted official model in ``<weights_dir>/demo``);
     - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
 
-    ``cache_dir``: a ``VisualCache`` folder loaded onto the ImageBind-LLM the chat model is built
-    around (media encodings then become cache-enhanced); an error for a ready-made chat model.
+    Names and folders load through ``ibllm_agent.loading`` (shared between chat models with the same
+    settings); ``device`` / ``dtype`` follow the Settings rules there (None: ``IBLLM_DEVICE`` /
+    ``IBLLM_DTYPE``, the config file, ``auto``). ``cache_dir``: a ``VisualCache`` folder for the media
+    stage (media encodings then become cache-enhanced); an error for a ready-made chat model.
 
     ``chat_options``: ``ChatImageBindLLM`` fields for a model built here (``max_new_tokens``,
     ``temperature``, ``top_p``, ``seed``, …); an error for a ready-made chat model.
@@ -181,20 +188,30 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None, **chat_opti
             )
         return model
     from ibllm_agent.chat import ChatImageBindLLM
+    from ibllm_agent.loading import available_models
+    from ibllm_agent.model.llm import ImageBindLLM
     from ibllm_agent.types import TextGenerator
 
+    if isinstance(model, ImageBindLLM):
+        from ibllm_agent.multimodal import MultimodalLLM
+
+        model = MultimodalLLM.from_llm(model)
     if isinstance(model, TextGenerator):
         return ChatImageBindLLM(model=model, cache_dir=cache, **chat_options)
     if not isinstance(model, (str, Path)):
         raise ConfigError(
-            f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
-            f"got {type(model).__name__}"
+            f"model must be a chat model, a TextGenerator, a model name {available_models()}, 'scripted:PATH' or "
+            f"a model folder; got {type(model).__name__}"
         )
     spec = str(model)
+    placement = {"device": device, "dtype": dtype}
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **chat_options})
+        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **placement,
+                                   **chat_options})
+    if isinstance(model, str) and spec in available_models():
+        return ChatImageBindLLM(preset=spec, cache_dir=cache, **placement, **chat_options)
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
@@ -210,8 +227,10 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None, **chat_opti
         return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache, **chat_options)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
-    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **chat_options)
+        raise ConfigError(
+            f"model {spec!r} is not a model name {available_models()}, 'scripted:PATH' or an existing model folder"
+        )
+    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **placement, **chat_options)
 
 
 def _default_tools(chat: Any) -> list[Any]:
@@ -227,7 +246,8 @@ def _default_tools(chat: Any) -> list[Any]:
     generator = getattr(chat, "model", None)
     if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
         generator = None
-    cache = getattr(generator, "visual_cache", None)  # the model's visual cache also enhances any-to-image
+    # The media stage's visual cache (a MultimodalLLM's) also enhances any-to-image.
+    cache = getattr(getattr(generator, "media", None), "cache", None)
     builtin = default_tools(generator=generator, cache=cache, available_only=True)
     return installed + [t for t in builtin if t.name not in names]
 
@@ -589,12 +609,14 @@ def build_agent(
     limits: AgentLimits | None = None,
     chat_options: dict[str, Any] | None = None,
     experts: Any = None,
+    dtype: str | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
     Args:
-        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, ``"tiny"``,
-            ``"scripted:PATH.json"`` or a saved model folder (see ``load_chat_model``).
+        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, a model name
+            (``"tiny"``, ``"demo"``), ``"scripted:PATH.json"`` or a saved model folder (see
+            ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
             (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in
             vision tools that can run here (``ibllm_agent.tools.default_tools(available_only=True)``:
@@ -614,7 +636,9 @@ def build_agent(
             inside one model call instead (the chat models ``load_chat_model`` builds keep its
             default 0, so each retry is visible here).
         pool / device / model_budget: the ``ModelPool`` heavy tool models load into (or the device
-            and memory budget of a new one; default device from ``Settings.device``).
+            and memory budget of a new one; default device from ``Settings.device``). ``device`` is
+            also where a model given by name or folder loads (with ``dtype``; both by the Settings
+            rules of ``ibllm_agent.load_model`` when None).
         describe: the caption in attachment announcements: ``describe(stored_file) -> str | None``
             or an ``ibllm_agent.experts.Expert`` (called with the stored file as ``Media`` for its
             modalities); without one (or when it returns nothing) a neutral description is used.
@@ -643,6 +667,7 @@ def build_agent(
         raise ConfigError(f"invalid_retries must be >= 0, got {invalid_retries}")
     limits = limits or AgentLimits()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    model_device = device
     if pool is None:
         from ibllm_agent.config import get_settings, resolve_device
 
@@ -656,7 +681,7 @@ def build_agent(
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
-        chat = load_chat_model(model, cache_dir, **(chat_options or {}))
+        chat = load_chat_model(model, cache_dir, device=model_device, dtype=dtype, **(chat_options or {}))
         tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
         graph = create_agent(
             chat,

@@ -29,6 +29,7 @@ import typer
 from ibllm_agent.cli.run import (
     CACHE_OPT,
     DEVICE_OPT,
+    DTYPE_OPT,
     EXPERTS_OPT,
     MAX_NEW_TOKENS_OPT,
     MAX_OBSERVATION_OPT,
@@ -206,6 +207,7 @@ def register(app: typer.Typer) -> None:
         no_tools: bool = NO_TOOLS_OPT,
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed per turn."),
         device: str | None = DEVICE_OPT,
+        dtype: str | None = DTYPE_OPT,
         cache: Path | None = CACHE_OPT,
         experts: bool = EXPERTS_OPT,
         tool_timeout: float = TOOL_TIMEOUT_OPT,
@@ -223,7 +225,7 @@ def register(app: typer.Typer) -> None:
         limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
         agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits,
                            generation_options(max_new_tokens, temperature, top_p, seed), system,
-                           experts=experts)
+                           experts=experts, dtype=dtype)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:

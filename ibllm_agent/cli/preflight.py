@@ -161,5 +161,7 @@ def check_settings(settings: Any, model: str) -> None:
     if model.startswith("scripted:"):
         if not Path(model[len("scripted:"):]).expanduser().is_file():
             raise ConfigError(f"scripted model file not found: {model[len('scripted:'):]}")
-    elif model not in ("tiny",) and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model {model!r} is not 'tiny', 'demo', 'scripted:PATH' or an existing model folder")
+    else:
+        from ibllm_agent.loading import check_model_name
+
+        check_model_name(model)

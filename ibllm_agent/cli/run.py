@@ -25,24 +25,6 @@ MODEL_HELP = (
 )
 
 
-def resolve_model_spec(spec: str) -> str:
-    """``demo`` → the folder ``<weights_dir>/demo``; other specs unchanged."""
-    from ibllm_agent.errors import ConfigError
-
-    if spec != "demo":
-        return spec
-    from ibllm_agent.config import get_settings
-
-    folder = Path(get_settings().weights_dir) / "demo"
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"the demo model is not installed: expected a model folder at {folder}. Fetch and convert it with "
-            "`ibllm-agent pull imagebind-llm-7b` (LLaMA-7B must be placed by hand first; the command says where), "
-            "or pass --model DIR|tiny"
-        )
-    return str(folder)
-
-
 # Options shared by `run` and `chat` (typer reads these as parameter defaults in both commands).
 MODEL_OPT = typer.Option("demo", "--model", help=MODEL_HELP)
 THREAD_OPT = typer.Option(None, "--thread", help="Thread id to continue (default: new).")
@@ -52,7 +34,14 @@ MEMORY_OPT = typer.Option(
 WORKSPACE_OPT = typer.Option(None, "--workspace", help="Root folder for thread files.")
 TOOL_OPT = typer.Option([], "--tool", help="Use only this registered tool (repeatable).")
 NO_TOOLS_OPT = typer.Option(False, "--no-tools", help="Plain chat without tools.")
-DEVICE_OPT = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda).")
+DEVICE_OPT = typer.Option(
+    None, "--device", help="Device for the model and the tool models: auto, cpu, cuda, cuda:N (default: the device "
+    "setting, env IBLLM_DEVICE; auto = cuda when available)."
+)
+DTYPE_OPT = typer.Option(
+    None, "--dtype", help="Model precision: auto, fp32, bf16, fp16 (default: the dtype setting, env IBLLM_DTYPE; "
+    "auto = bf16/fp16 on cuda, fp32 on cpu)."
+)
 EXPERTS_OPT = typer.Option(
     False, "--experts/--no-experts",
     help="Run the context experts on attachments: Whisper speech-to-text on audio, the video object "
@@ -106,25 +95,27 @@ def make_agent(
     chat_options: dict[str, Any] | None = None,
     system: str | None = None,
     experts: bool = False,
+    dtype: str | None = None,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up). Settings, memory
     file, cache folder, device and model spec are checked first, before anything loads."""
     from ibllm_agent.cli.preflight import check_settings
     from ibllm_agent.config import get_settings
 
-    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device, visual_cache=cache)
-    spec = resolve_model_spec(model)
-    check_settings(settings, spec)
+    settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device, dtype=dtype,
+                            visual_cache=cache)
+    check_settings(settings, model)
     from ibllm_agent.agent import build_agent
 
     tool_spec: Any = [] if no_tools else (list(tools) or None)
     return build_agent(
-        spec,
+        model,  # a name of ibllm_agent.load_model ('demo', 'tiny'), a folder or scripted:FILE
         tools=tool_spec,
         memory=settings.memory_url,
         workspace=settings.workspace_dir,
         max_steps=max_steps,
         device=settings.device,
+        dtype=settings.dtype,
         cache_dir=settings.visual_cache,
         limits=limits,
         chat_options=chat_options,
@@ -207,6 +198,7 @@ def register(app: typer.Typer) -> None:
         no_tools: bool = NO_TOOLS_OPT,
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
         device: str | None = DEVICE_OPT,
+        dtype: str | None = DTYPE_OPT,
         cache: Path | None = CACHE_OPT,
         experts: bool = EXPERTS_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -231,7 +223,7 @@ def register(app: typer.Typer) -> None:
         limits = AgentLimits(tool_timeout, max_observation_chars, turn_wait)
         agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, limits,
                            generation_options(max_new_tokens, temperature, top_p, seed), system,
-                           experts=experts)
+                           experts=experts, dtype=dtype)
         with agent:
             files = attach_all(agent, thread_id, attachments, weighted=weights is not None)
             if json_out:

@@ -3,11 +3,13 @@
 The engine knows nothing about images. A model hands it a ``step`` function::
 
     step(input_ids [B, T] long, attention_mask [B, T_past + T] long, position_ids [B, T] long,
-         past_key_values | None) -> (logits [B, T', V], past_key_values)      # T' = T or 1
+         cache | None) -> (logits [B, T', V], cache)      # T' = T or 1
 
 (``hf_step(model)`` builds one for a transformers causal LM; ``ImageBindLLM`` binds its visual
-injection into its own). Per call the engine runs one prefill pass over the prompt, then one token
-per step through transformers' ``DynamicCache``.
+injection into its own). ``cache`` is a transformers ``Cache`` (a ``DynamicCache``, passed as the
+model's ``cache=`` argument — transformers 5 deprecates ``past_key_values=``): None on the prefill,
+where the step creates one, then the object the previous step returned. Per call the engine runs
+one prefill pass over the prompt, then one token per step.
 
 - Batches are LEFT padded; the attention mask hides the pads and position ids come from the mask,
   so every row sees the positions it would see alone (batch results equal single results).
@@ -21,8 +23,6 @@ per step through transformers' ``DynamicCache``.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -112,22 +112,6 @@ class TextStream(Iterator[str]):
         self._gen.close()  # type: ignore[attr-defined]
 
 
-
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """The KV-cache keyword of ``model.forward``: recent transformers name it ``cache`` and warn
-    (FutureWarning) on the older ``past_key_values``; older 5.x releases only know the latter."""
-    return {_cache_name(type(model)): cache}
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_name(cls: type) -> str:
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
-
-
-def returned_cache(out: Any) -> Any:
-    """The KV cache of a model output (``cache`` in recent transformers, else ``past_key_values``)."""
-    return out.cache if "cache" in getattr(out, "__dataclass_fields__", {}) else out.past_key_values
-
 class BatchStream(Iterator[list[tuple[int, str]]]):
     """The iterator ``Generator.stream_batch`` returns: per step a list of ``(row, delta)``;
     ``.results`` (one ``Result`` per row) is set once exhausted."""
@@ -157,16 +141,20 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     else), which saves a [B, T, V] matmul in the prefill; pass 0 to get logits for every position.
     """
 
-    def step(input_ids, attention_mask, position_ids, past_key_values):
+    def step(input_ids, attention_mask, position_ids, cache):
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **cache_kwargs(model, past_key_values),
+            cache=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return out.logits, returned_cache(out)
+        return out.logits, out.cache
 
     return step
 
