@@ -61,6 +61,11 @@ class MemoryURLError(IbllmError, ValueError):
     """An agent memory URL (``sqlite:///…``, ``postgres://…``, ``memory``) is malformed or unusable."""
 
 
+class ThreadBusyError(IbllmError):
+    """A turn was sent to a conversation thread that is still running another turn (in this or
+    another process sharing the memory database) and the wait for it ran out."""
+
+
 class ToolRegistryError(IbllmError, ValueError):
     """A tool cannot be registered or found (duplicate or unknown name, bad entry point)."""
 
@@ -139,6 +144,10 @@ class ManualWeightMissingError(MissingWeightError):
 class EncoderInputError(IbllmError, ValueError):
     """A tensor handed to the ImageBind encoders has the wrong modality name, shape, dtype or values
     (the message names the modality, the expected shape and what was given)."""
+
+
+class UnknownLanguageError(IbllmError, ValueError):
+    """A speech-recognition language that Whisper does not know (the message lists the codes)."""
 
 
 class ToolInputError(IbllmError, ValueError):

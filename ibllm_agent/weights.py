@@ -13,7 +13,9 @@ Kinds:
 - ``manual``: a gated release that the user must obtain; ``how_to_get`` says how and where to put it.
 
 Checksums: ``sha256`` is filled in only where the publisher states it (openai-whisper's URLs embed
-it; Hugging Face publishes one for every LFS file of a repo entry, read at download time). Sizes
+it). Every file hosted on the Hugging Face Hub — a ``huggingface.co/.../resolve/...`` URL here or a
+file of an ``hf-repo`` entry — is fetched with ``huggingface_hub`` and checked against the size and
+ETag the Hub publishes at download time (sha256 of LFS files, git sha1 of small ones; ``hub.py``). Sizes
 marked ``exact`` are byte counts that the download is checked against; the others are the
 approximate sizes the projects give, for display.
 """
@@ -443,9 +445,11 @@ class WeightStatus:
     partial_bytes: int = 0  # bytes in unfinished ``*.part`` downloads (resumed by ``download``)
 
 
-def _is_download_state(path: Path) -> bool:
-    """Files of an unfinished download (``download.py``): the data, its version note, its lock."""
-    return path.name.endswith((".part", ".part.meta", ".part.lock"))
+def _is_download_state(rel: Path) -> bool:
+    """Download bookkeeping, not weights (``rel`` is relative to the entry's folder): an unfinished
+    download of ``download.py`` (the data, its version note, its lock) or ``huggingface_hub``'s
+    per-folder metadata and staging (``.cache/``)."""
+    return rel.name.endswith((".part", ".part.meta", ".part.lock")) or ".cache" in rel.parts
 
 
 def _part_size(root: Path, spec: WeightSpec) -> int:
@@ -460,7 +464,9 @@ def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p))
+        return sum(
+            p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p.relative_to(path))
+        )
     return 0
 
 

@@ -27,7 +27,7 @@ from ibllm_agent.chat import ChatImageBindLLM
 # The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
 pytestmark = pytest.mark.asyncio
 
-PARAMS = {"preset": "tiny", "max_new_tokens": 12}
+PARAMS = {"preset": "tiny", "max_new_tokens": 12, "seed": 0}  # seeded: a random model must not hit EOS by chance
 
 RANDOM_MODEL = (
     "the tiny preset has random weights: it cannot produce a GPT4Tools 'Action:' step or a schema-valid "
@@ -116,7 +116,7 @@ class TestChatImageBindLLMIntegration(_Capabilities, ChatModelIntegrationTests):
                 self.status_code = 200
 
         monkeypatch.setattr(httpx, "get", lambda url, *a, **k: _Response(url))
-        monkeypatch.setattr(content, "_download", lambda url, limits: _sample_bytes(url))
+        monkeypatch.setattr(content, "safe_fetch", lambda url, **limits: _sample_bytes(url))
         content.FETCH_CACHE.clear()
         yield
         content.FETCH_CACHE.clear()  # no stand-in bodies cached under real URLs after the test

@@ -38,7 +38,7 @@ def test_demo_session_runs_tools_reports_missing_weights_and_uses_memory(tmp_pat
     # Turn 1: no Whisper weights here: the observation names the missing file and the command.
     (call,) = first.tool_calls
     assert call.name == "Transcribe Speech From Audio" and call.status == "error"
-    assert "whisper_base" in call.output and "ibllm-agent download whisper_base" in first.answer
+    assert "MissingWeightError" in call.output and "ibllm-agent download whisper" in first.answer
     # Turn 2: the weightless edge detector really ran and wrote an image into the thread workspace.
     (call,) = second.tool_calls
     assert call.name == "Edge Detection On Image" and call.status == "success"

@@ -301,8 +301,11 @@ def test_hf_base_without_adapter_initialises_pretrain_model(converted, sources, 
 
     assert model.config.visual_dim == 64 == model.bind.proj.in_features
     save_file(ImageBind.from_preset("tiny_w3d").state_dict(), str(out / "encoder.safetensors"))
-    model = ImageBindLLM.from_pretrained(out, device="cpu")
-    assert model.visual_tokens([Media("image", torch.zeros(3, 224, 224))]).visual.shape == (1, 1, DIM)
+    from ibllm_agent.multimodal import MultimodalLLM
+
+    model = MultimodalLLM.from_llm(ImageBindLLM.from_pretrained(out, device="cpu"))
+    feats = model.encode([Media("image", torch.zeros(3, 224, 224))])
+    assert model.llm.visual_input(feats).visual.shape == (1, 1, DIM)
 
 
 def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, converted, tmp_path):
@@ -367,6 +370,28 @@ def test_every_official_adapter_key_maps_to_the_7b_model(manifests_dir):
         assert shapes[ours] == shape, (key, ours)
         mapped.add(ours)
     assert len(mapped) == 720
+
+
+def test_key_maps_are_one_table_read_both_ways(manifests_dir):
+    """ours -> official is derived from the same templates: every official key round-trips, with the
+    same RoPE rows kind, and the rows kinds are exactly the q/k-row tensors."""
+    from ibllm_agent.model.convert import ours_key_to_official
+
+    manifest = json.loads((manifests_dir / "imagebind_llm_7b_adapter.json").read_text())
+    rows = {}
+    for key, _ in manifest_keys(manifest):
+        ours, kind = official_key_to_ours(key)
+        assert ours_key_to_official(ours) == (key, kind)
+        if kind:
+            rows[key.split(".", 3)[-1]] = kind
+    assert rows == {"attention.wq.bias": "q", "attention.lora_wq_l2.weight": "q", "attention.lora_wk_l2.weight": "k"}
+    assert official_key_to_ours("image_bind_norm_1.weight") == ("bind.norms.0.weight", None)
+    assert ours_base_to_meta("lm.model.layers.3.self_attn.k_proj.weight") == ("layers.3.attention.wk.weight", "k")
+    for bad in ("image_bind_norm_0.weight", "llama.layers.0.attention.wx.bias", "llama.layers.x.attention.gate"):
+        with pytest.raises(CheckpointError, match="unknown key"):
+            official_key_to_ours(bad)
+    with pytest.raises(CheckpointError, match="no counterpart in the Meta LLaMA layout"):
+        ours_base_to_meta("bind.proj.weight")
 
 
 def test_every_meta_llama_key_maps_to_the_7b_model(manifests_dir):
@@ -490,7 +515,8 @@ def test_full_training_checkpoint_converts_like_the_release(sources, converted, 
 
 
 def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
-    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B, writes <weights_dir>/demo."""
+    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B_chinese (or the
+    --llama-type given), writes <weights_dir>/official."""
     import shutil
 
     weights = tmp_path / "weights"
@@ -500,7 +526,10 @@ def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     (weights / "imagebind_llm").mkdir(parents=True)
     shutil.copyfile(sources["adapter"], weights / "imagebind_llm" / "7B.pth")
     shutil.copytree(sources["llama"].parent, weights / "llama")
+    # The stable adapter's base is Open-Chinese-LLaMA (llama/7B_chinese): missing here, and said so.
     res = _cli_in_process("--from-registry", "--encoder", "tiny_w3d")
+    assert res.exit_code != 0 and "pull imagebind-llm-7b" in str(res.exception)
+    res = _cli_in_process("--from-registry", "--llama-type", "7B", "--encoder", "tiny_w3d")
     assert res.exit_code == 0, res.output
     model = ImageBindLLM.from_pretrained(weights / "official", device="cpu")
     assert model.config.lora_rank == RANK

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibllm_agent.agent.limits import AgentLimits, TurnLocks
 from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
 from ibllm_agent.agent.models import ModelPool
 from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
@@ -144,18 +145,29 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     return events
 
 
-def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
+def load_chat_model(
+    model: Any, cache_dir: str | Path | None = None, *, device: str | None = None, dtype: str | None = None,
+    **chat_options: Any,
+) -> Any:
     """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
 
-    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
-      ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``;
-    - ``"tiny"`` → the random tiny preset (tests, smoke runs);
+    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. the ``MultimodalLLM`` of
+      ``ibllm_agent.load_model``, ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``; a bare
+      ``ImageBindLLM`` gets the media stage its config names first (``MultimodalLLM.from_llm``);
+    - a name of ``ibllm_agent.load_model`` (``"tiny"``: the random tiny preset for tests and smoke
+      runs; ``"demo"``: the demo model shipped in the package; ``"official"``: the converted official model in
+      ``<weights_dir>/official``; ``"auto"``: official when converted, else demo);
     - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
 
-    ``cache_dir``: a ``VisualCache`` folder loaded onto the ImageBind-LLM the chat model is built
-    around (media encodings then become cache-enhanced); an error for a ready-made chat model.
+    Names and folders load through ``ibllm_agent.loading`` (shared between chat models with the same
+    settings); ``device`` / ``dtype`` follow the Settings rules there (None: ``IBLLM_DEVICE`` /
+    ``IBLLM_DTYPE``, the config file, ``auto``). ``cache_dir``: a ``VisualCache`` folder for the media
+    stage (media encodings then become cache-enhanced); an error for a ready-made chat model.
+
+    ``chat_options``: ``ChatImageBindLLM`` fields for a model built here (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, …); an error for a ready-made chat model.
 
     Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
     tool, malformed ``Action``) itself with an error observation and retries them
@@ -165,6 +177,11 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
 
     cache = None if cache_dir is None else str(Path(cache_dir).expanduser())
     if isinstance(model, BaseChatModel):
+        if chat_options:
+            raise ConfigError(
+                f"chat options {sorted(chat_options)} apply to models built from a preset, folder or "
+                "TextGenerator; set them on a ready-made chat model itself"
+            )
         if cache is not None:
             raise ConfigError(
                 "cache_dir applies to models built from a preset, folder or TextGenerator; give a ready-made "
@@ -172,20 +189,30 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
             )
         return model
     from ibllm_agent.chat import ChatImageBindLLM
+    from ibllm_agent.loading import available_models
+    from ibllm_agent.model.llm import ImageBindLLM
     from ibllm_agent.types import TextGenerator
 
+    if isinstance(model, ImageBindLLM):
+        from ibllm_agent.multimodal import MultimodalLLM
+
+        model = MultimodalLLM.from_llm(model)
     if isinstance(model, TextGenerator):
-        return ChatImageBindLLM(model=model, cache_dir=cache)
+        return ChatImageBindLLM(model=model, cache_dir=cache, **chat_options)
     if not isinstance(model, (str, Path)):
         raise ConfigError(
-            f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
-            f"got {type(model).__name__}"
+            f"model must be a chat model, a TextGenerator, a model name {available_models()}, 'scripted:PATH' or "
+            f"a model folder; got {type(model).__name__}"
         )
     spec = str(model)
+    placement = {"device": device, "dtype": dtype}
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(preset="tiny", max_new_tokens=64, cache_dir=cache)
+        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **placement,
+                                   **chat_options})
+    if isinstance(model, str) and spec in available_models():
+        return ChatImageBindLLM(preset=spec, cache_dir=cache, **placement, **chat_options)
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
@@ -198,11 +225,13 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
             raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache)
+        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache, **chat_options)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
-    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache)
+        raise ConfigError(
+            f"model {spec!r} is not a model name {available_models()}, 'scripted:PATH' or an existing model folder"
+        )
+    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **placement, **chat_options)
 
 
 def _default_tools(chat: Any) -> list[Any]:
@@ -218,7 +247,8 @@ def _default_tools(chat: Any) -> list[Any]:
     generator = getattr(chat, "model", None)
     if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
         generator = None
-    cache = getattr(generator, "visual_cache", None)  # the model's visual cache also enhances any-to-image
+    # The media stage's visual cache (a MultimodalLLM's) also enhances any-to-image.
+    cache = getattr(getattr(generator, "media", None), "cache", None)
     builtin = default_tools(generator=generator, cache=cache, available_only=True)
     return installed + [t for t in builtin if t.name not in names]
 
@@ -270,7 +300,12 @@ class Agent:
         describe: Callable[[StoredFile], str | None] | None = None,
         owns_memory: bool = True,
         chat_model: Any = None,
+        limits: AgentLimits | None = None,
+        experts: Any = None,
     ):
+        self.limits = limits or AgentLimits()
+        self.turn_locks = TurnLocks.for_sqlite(memory.path, self.limits.turn_wait_s) \
+            if memory.kind == "sqlite" else TurnLocks(None, self.limits.turn_wait_s)
         self.graph = graph
         self.chat_model = chat_model  # the LangChain chat model the graph calls
         self.memory = memory
@@ -280,6 +315,9 @@ class Agent:
         self.max_steps = max_steps
         self.describe = describe
         self._owns_memory = owns_memory
+        from ibllm_agent.agent.experts import AgentExperts
+
+        self.experts = experts if isinstance(experts, AgentExperts) else AgentExperts(experts, pool)
 
     # -- LangGraph pass-through --------------------------------------------------------------------
     # durability="sync": each step's checkpoint is written before the next step starts. With
@@ -378,8 +416,10 @@ class Agent:
 
     # -- turns -------------------------------------------------------------------------------------
     def attach(self, thread_id: str, source: Any, modality: str | None = None,
-               description: str | None = None) -> tuple[StoredFile, dict[str, Any]]:
-        """Store one attachment in the thread's workspace; returns it and its content block."""
+               description: str | None = None, *, experts: bool | None = None) -> tuple[StoredFile, dict[str, Any]]:
+        """Store one attachment in the thread's workspace; returns it and its content block (with the
+        experts' context lines in ``extras["context"]``; ``experts``: per-call switch, ``None`` = the
+        agent's setting)."""
         stored = self.workspace.thread(thread_id).save(source, modality)
         if description is None and self.describe is not None:
             description = self._describe(stored)
@@ -392,7 +432,7 @@ class Agent:
             "url": stored.path.as_uri(),
             "extras": {"name": stored.name, "description": description, "modality": stored.modality},
         }
-        return stored, block
+        return stored, self.experts.annotate(block, stored, self.workspace.thread(thread_id), experts)
 
     def _describe(self, stored: StoredFile) -> str | None:
         """Caption from ``describe``: a function of the stored file, or an ``Expert`` (e.g. a caption
@@ -405,7 +445,8 @@ class Agent:
             return describe(Media(modality=stored.modality, source=stored.path, name=stored.name))  # type: ignore[arg-type]
         return describe(stored)
 
-    def _input(self, thread_id: str, text: str, attachments: Sequence[Any]) -> tuple[dict, list[str], str]:
+    def _input(self, thread_id: str, text: str, attachments: Sequence[Any],
+               experts: bool | None = None) -> tuple[dict, list[str], str]:
         blocks, names = [], []
         for a in attachments:
             if isinstance(a, dict) and "type" in a:  # a content block from ``attach`` (already stored)
@@ -413,11 +454,11 @@ class Agent:
                 names.append((a.get("extras") or {}).get("name", ""))
                 continue
             if isinstance(a, Media):
-                stored, block = self.attach(thread_id, a.source, a.modality)
+                stored, block = self.attach(thread_id, a.source, a.modality, experts=experts)
             elif isinstance(a, tuple) and len(a) == 2:
-                stored, block = self.attach(thread_id, a[0], a[1])
+                stored, block = self.attach(thread_id, a[0], a[1], experts=experts)
             else:
-                stored, block = self.attach(thread_id, a)
+                stored, block = self.attach(thread_id, a, experts=experts)
             blocks.append(block)
             names.append(stored.name)
         from langchain_core.messages import HumanMessage
@@ -426,47 +467,55 @@ class Agent:
         content: Any = [{"type": "text", "text": text}, *blocks] if blocks else text
         return {"messages": [HumanMessage(content=content, id=msg_id)]}, names, msg_id
 
-    def send(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+    def send(self, thread_id: str, text: str, attachments: Sequence[Any] = (), *,
+             experts: bool | None = None) -> TurnResult:
         """Run one turn: ``text`` plus optional attachments (paths, bytes, PIL images, ``Media``,
         ``(source, modality)`` pairs, or content blocks returned by ``attach``). Returns the
-        ``TurnResult``."""
+        ``TurnResult``. ``experts``: run the experts on this turn's attachments (``None`` = the
+        agent's setting)."""
         result = None
-        for event in self.stream_turn(thread_id, text, attachments, stream_tokens=False):
+        for event in self.stream_turn(thread_id, text, attachments, stream_tokens=False, experts=experts):
             if event.kind == "done":
                 result = event.result
         assert result is not None
         return result
 
     def stream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
-                    *, stream_tokens: bool = True) -> Iterator[TurnEvent]:
+                    *, stream_tokens: bool = True, experts: bool | None = None) -> Iterator[TurnEvent]:
         """Run one turn, yielding ``TurnEvent``s: answer tokens as they are generated, each tool
-        call and result, and finally ``done`` with the ``TurnResult``."""
-        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments)
-        streamed: list[str] = []
-        modes = ["updates", "messages"] if stream_tokens else ["updates"]
-        for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
-                                               durability="sync"):
-            yield from _events(mode, payload, streamed)
-        yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
+        call and result, and finally ``done`` with the ``TurnResult``.
+
+        One turn runs per thread at a time: a turn sent while another runs on the same thread (in
+        this process, or in another one sharing the SQLite file) waits for it, and after
+        ``limits.turn_wait_s`` raises ``ThreadBusyError`` — it is never lost or interleaved."""
+        with self.turn_locks.hold(str(thread_id)):
+            thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments, experts)
+            streamed: list[str] = []
+            modes = ["updates", "messages"] if stream_tokens else ["updates"]
+            for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
+                                                   durability="sync"):
+                yield from _events(mode, payload, streamed)
+            yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
 
     async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
-                           *, stream_tokens: bool = True) -> AsyncIterator[TurnEvent]:
+                           *, stream_tokens: bool = True, experts: bool | None = None) -> AsyncIterator[TurnEvent]:
         """Async ``stream_turn``: the turn runs in a worker thread (the SQLite checkpointer is
         synchronous) that sees the caller's contextvars; events arrive on the event loop as they
         happen. A consumer that stops early (``break``, ``aclose``, cancellation) stops the turn: no
         further model step or tool call runs (the one in progress finishes), and the thread is left
         as an interrupted turn that the next turn repairs."""
         events = iterate_in_thread(
-            lambda: self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens)
+            lambda: self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens, experts=experts)
         )
         async with aclosing(events):
             async for event in events:
                 yield event
 
-    async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+    async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = (), *,
+                    experts: bool | None = None) -> TurnResult:
         """Async ``send`` (cancelling it stops the turn, see ``astream_turn``)."""
         result = None
-        events = self.astream_turn(thread_id, text, attachments, stream_tokens=False)
+        events = self.astream_turn(thread_id, text, attachments, stream_tokens=False, experts=experts)
         async with aclosing(events):
             async for event in events:
                 if event.kind == "done":
@@ -474,11 +523,11 @@ class Agent:
         assert result is not None
         return result
 
-    def _start(self, thread_id: str, text: str, attachments: Sequence[Any]):
+    def _start(self, thread_id: str, text: str, attachments: Sequence[Any], experts: bool | None = None):
         thread_id = str(thread_id)
         self.repair(thread_id)
         before = set(self.workspace.thread(thread_id).files())
-        inputs, names, msg_id = self._input(thread_id, text, attachments)
+        inputs, names, msg_id = self._input(thread_id, text, attachments, experts)
         before.update(names)
         return thread_id, inputs, names, msg_id, before
 
@@ -558,12 +607,17 @@ def build_agent(
     system_prompt: str | None = None,
     middleware: Sequence[Any] = (),
     cache_dir: str | Path | None = None,
+    limits: AgentLimits | None = None,
+    chat_options: dict[str, Any] | None = None,
+    experts: Any = None,
+    dtype: str | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
     Args:
-        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, ``"tiny"``,
-            ``"scripted:PATH.json"`` or a saved model folder (see ``load_chat_model``).
+        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, a model name
+            (``"tiny"``, ``"demo"``, ``"official"``, ``"auto"``), ``"scripted:PATH.json"`` or a saved model folder (see
+            ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
             (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in
             vision tools that can run here (``ibllm_agent.tools.default_tools(available_only=True)``:
@@ -583,12 +637,21 @@ def build_agent(
             inside one model call instead (the chat models ``load_chat_model`` builds keep its
             default 0, so each retry is visible here).
         pool / device / model_budget: the ``ModelPool`` heavy tool models load into (or the device
-            and memory budget of a new one; default device from ``Settings.device``).
+            and memory budget of a new one; default device from ``Settings.device``). ``device`` is
+            also where a model given by name or folder loads (with ``dtype``; both by the Settings
+            rules of ``ibllm_agent.load_model`` when None).
         describe: the caption in attachment announcements: ``describe(stored_file) -> str | None``
             or an ``ibllm_agent.experts.Expert`` (called with the stored file as ``Media`` for its
             modalities); without one (or when it returns nothing) a neutral description is used.
         system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
         cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
+        limits: ``AgentLimits`` — tool time limit, observation size, wait for a busy thread
+            (defaults: 300 s, 4000 characters, 120 s; see ``ibllm_agent.agent.limits``).
+        chat_options: ``ChatImageBindLLM`` fields for the chat model built from ``model``
+            (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``; see ``load_chat_model``).
+        experts: context experts run on attachments (``ibllm_agent.agent.experts``): ``True`` = Whisper
+            for audio and the video object detector for video (models from ``pool``), a list of
+            ``Expert`` objects, or ``None``/``False`` (off). Switch per turn with ``send(..., experts=)``.
     """
     from langchain.agents import create_agent
 
@@ -603,28 +666,35 @@ def build_agent(
         raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
     if invalid_retries < 0:
         raise ConfigError(f"invalid_retries must be >= 0, got {invalid_retries}")
+    limits = limits or AgentLimits()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    model_device = device
     if pool is None:
-        if device is None:
-            from ibllm_agent.config import get_settings
+        from ibllm_agent.config import get_settings, resolve_device
 
+        if device is None:
             device = get_settings().device
+        resolve_device(device or "auto")  # a device this machine lacks is a start-up error
         pool = ModelPool(device=device or "auto", budget=model_budget)
+    from ibllm_agent.agent.experts import AgentExperts
+
+    agent_experts = AgentExperts(experts, pool)  # (validates before anything is opened)
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
-        chat = load_chat_model(model, cache_dir)
+        chat = load_chat_model(model, cache_dir, device=model_device, dtype=dtype, **(chat_options or {}))
         tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
         graph = create_agent(
             chat,
             tool_list,
             system_prompt=system_prompt,
             middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), InvalidStepMiddleware(invalid_retries),
-                        ToolGuardMiddleware(ws, pool), *middleware],
+                        ToolGuardMiddleware(ws, pool, limits), *middleware],
             checkpointer=mem.saver,
         )
     except BaseException:
         mem.close()
         raise
     return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
-                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat)
+                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat,
+                 limits=limits, experts=agent_experts)

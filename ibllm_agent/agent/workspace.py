@@ -28,11 +28,13 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ibllm_agent.errors import WorkspaceError, WorkspaceFileNotFoundError
+from ibllm_agent.media.formats import extension_modality
 
 __all__ = [
     "FOLDERS",
@@ -187,7 +189,7 @@ class ThreadWorkspace:
     def resolve(self, name: str | os.PathLike[str]) -> Path:
         """The absolute path of workspace file ``name``, or a typed error the model can read.
 
-        Accepts what a model writes: surrounding quotes/spaces and backslashes are tolerated, and a
+        Accepts what a model writes: spaces, matching surrounding quote pairs and backslashes are tolerated, and a
         bare file name (``ab12cd34.png``, as in GPT4Tools' training data, which used random folders)
         matches a stored file with that name when exactly one exists.
 
@@ -196,41 +198,56 @@ class ThreadWorkspace:
             WorkspaceFileNotFoundError: no such file (the message lists the known files).
         """
         raw = os.fspath(name)
-        text = raw.strip().strip("\"'`").strip().replace("\\", "/")
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        text = unquote(raw).replace("\\", "/")
         if not text:
             raise WorkspaceFileNotFoundError(f"file not found: (empty name); known files: {self._known()}")
+        bad = _bad_name(text)
+        if bad:
+            raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)} ({bad}); known files: {self._known()}")
+        try:
+            return self._resolve(text)
+        except WorkspaceError:  # a FileNotFoundError too: already the model-readable message
+            raise
+        except OSError as exc:  # e.g. a name component longer than the file system allows
+            raise WorkspaceFileNotFoundError(
+                f"file not found: {_shown(text)} ({exc.strerror or type(exc).__name__}); known files: {self._known()}"
+            ) from None
+
+    def _resolve(self, text: str) -> Path:
         pure = PurePosixPath(text)
         if pure.is_absolute() or re.match(r"^[A-Za-z]:", text) or text.startswith("~"):
             raise WorkspaceError(
-                f"absolute paths are not allowed: {text}; use a workspace file name such as "
+                f"absolute paths are not allowed: {_shown(text)}; use a workspace file name such as "
                 f"{self._example()} (known files: {self._known()})"
             )
         if ".." in pure.parts:
             raise WorkspaceError(
-                f"path escapes the workspace: {text}; use a workspace file name (known files: {self._known()})"
+                f"path escapes the workspace: {_shown(text)}; use a workspace file name (known files: {self._known()})"
             )
         if any(part.startswith(".") for part in pure.parts):
             # Internal files (``.thread_id``) are not workspace files: ``files()`` never lists them.
-            raise WorkspaceFileNotFoundError(f"file not found: {text}; known files: {self._known()}")
+            raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)}; known files: {self._known()}")
         base = self.root.resolve()
         candidate = self.root / pure
         if candidate.is_symlink() or any(p.is_symlink() for p in candidate.parents if _inside(p, self.root)):
             target = candidate.resolve()
             if not _inside(target, base):
-                raise WorkspaceError(f"path leads outside the workspace: {text} (a link out of the workspace)")
+                raise WorkspaceError(f"path leads outside the workspace: {_shown(text)} (a link out of the workspace)")
         if candidate.is_file():
             resolved = candidate.resolve()
             if not _inside(resolved, base):  # e.g. the thread folder itself replaced by a link
-                raise WorkspaceError(f"path leads outside the workspace: {text}")
+                raise WorkspaceError(f"path leads outside the workspace: {_shown(text)}")
             return resolved
         if candidate.is_dir():
-            raise WorkspaceFileNotFoundError(f"not a file: {text} is a folder; known files: {self._known()}")
+            raise WorkspaceFileNotFoundError(f"not a file: {_shown(text)} is a folder; known files: {self._known()}")
         if len(pure.parts) <= 2:
             # The model dropped or changed the folder ("ab12cd34.png", "images/ab12cd34.png").
             same = [n for n in self.files() if PurePosixPath(n).name == pure.name]
             if len(same) == 1:
-                return self.resolve(same[0])
-        raise WorkspaceFileNotFoundError(f"file not found: {text}; known files: {self._known()}")
+                return self._resolve(same[0])
+        raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)}; known files: {self._known()}")
 
     def name_of(self, path: str | os.PathLike[str]) -> str:
         """The workspace name of an absolute ``path`` inside this workspace."""
@@ -347,6 +364,36 @@ def _check_loadable(path: Path, modality: str, source: Any) -> None:
         raise WorkspaceError(f"cannot use {modality} attachment {_describe(source)}: {exc}") from exc
 
 
+_QUOTES = "\"'`"
+MAX_NAME_CHARS = 1024
+
+
+def unquote(text: str) -> str:
+    """``text`` stripped of spaces and of matching surrounding quote pairs (``"…"``, ``'…'``,
+    backticks), symmetrically: an unmatched quote stays (``it's.png`` keeps its apostrophe)."""
+    text = text.strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+def _bad_name(text: str) -> str | None:
+    """Why ``text`` cannot be a workspace name, or None (checked before touching the file system)."""
+    if len(text) > MAX_NAME_CHARS:
+        return f"{len(text)} characters, the limit is {MAX_NAME_CHARS}"
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        return "it contains control characters"
+    if "\ufffd" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return "it contains bytes that are not valid UTF-8"
+    return None
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """A model-written name as it may appear in an observation: escaped and capped."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _inside(path: Path, base: Path) -> bool:
     try:
         path.relative_to(base)
@@ -363,20 +410,11 @@ def _describe(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-_EXT_MODALITY = {
-    **{e: "image" for e in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")},
-    **{e: "audio" for e in (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")},
-    **{e: "video" for e in (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")},
-    **{e: "point" for e in (".ply", ".pts", ".xyz", ".obj", ".npy", ".pt")},
-    **{e: "text" for e in (".txt", ".md")},
-}
-
-
 def _infer_modality(source: Any) -> str:
     """Modality of an attachment: the media package's detector, else the file extension."""
     try:
         from ibllm_agent.media import infer_modality
-    except ImportError:  # media package absent in a trimmed install: fall back to extensions
+    except ImportError:  # the loaders' dependencies absent in a trimmed install: extensions only
         infer_modality = None
     if infer_modality is not None:
         try:
@@ -385,8 +423,8 @@ def _infer_modality(source: Any) -> str:
             found = None
         if found:
             return str(found)
-    if isinstance(source, Path) and source.suffix.lower() in _EXT_MODALITY:
-        return _EXT_MODALITY[source.suffix.lower()]
+    if isinstance(source, Path) and extension_modality(source) not in (None, "array"):
+        return str(extension_modality(source))
     try:
         from PIL import Image
 
@@ -409,32 +447,8 @@ def _as_file(source: Any, suffix: str) -> tuple[Path, bool]:
     raise WorkspaceError(f"unsupported attachment source {_describe(source)}: pass a path or bytes")
 
 
-def _write_image(source: Any, dest: Path) -> None:
-    from PIL import Image, ImageOps
-
-    if isinstance(source, Image.Image):
-        img = source
-    elif isinstance(source, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(bytes(source)))
-    elif isinstance(source, Path):
-        img = Image.open(source)
-    else:
-        import numpy as np
-
-        arr = np.asarray(source)
-        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
-            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        img = Image.fromarray(arr.squeeze())
-    img.load()
-    img = ImageOps.exif_transpose(img).convert("RGB")
-    img = img.resize(gpt4tools_image_size(*img.size))
-    img.save(dest, "PNG")
-
-
-def _write_sensor_image(source: Any, dest: Path) -> None:
-    # Depth / thermal maps keep their resolution and bit depth (no GPT4Tools resize, no RGB).
+def _open_image(source: Any, from_array: Callable[[Any], Any]) -> Any:
+    """A loaded PIL image from a PIL image, encoded bytes or a path; arrays go through ``from_array``."""
     from PIL import Image
 
     if isinstance(source, Image.Image):
@@ -444,11 +458,41 @@ def _write_sensor_image(source: Any, dest: Path) -> None:
     elif isinstance(source, Path):
         img = Image.open(source)
     else:
-        import numpy as np
-
-        img = Image.fromarray(np.asarray(source).squeeze())
+        img = from_array(source)
     img.load()
+    return img
+
+
+def _rgb_from_array(source: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(source)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(arr.squeeze())
+
+
+def _write_image(source: Any, dest: Path) -> None:
+    from PIL import ImageOps
+
+    img = _open_image(source, _rgb_from_array)
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = img.resize(gpt4tools_image_size(*img.size))
     img.save(dest, "PNG")
+
+
+def _write_sensor_image(source: Any, dest: Path) -> None:
+    # Depth / thermal maps keep their resolution and bit depth (no GPT4Tools resize, no RGB).
+    def as_is(array: Any) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        return Image.fromarray(np.asarray(array).squeeze())
+
+    _open_image(source, as_is).save(dest, "PNG")
 
 
 def _write_audio(source: Any, dest: Path) -> None:

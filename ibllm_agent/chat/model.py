@@ -25,6 +25,7 @@ from ibllm_agent.chat import attempts
 from ibllm_agent.chat.findings import Findings
 from ibllm_agent.chat.loading import _attach_cache, _load_model
 from ibllm_agent.chat.rendering import Call, fit, render
+from ibllm_agent.content import ContentPolicy
 from ibllm_agent.errors import ConfigError
 from ibllm_agent.sync_bridge import iterate_in_thread, run_in_thread
 from ibllm_agent.types import Media, TextGenerator
@@ -61,10 +62,15 @@ class ChatImageBindLLM(BaseChatModel):
         cache_alpha: visual-cache enhancement knobs passed to
         the model as ``CacheSettings`` (used when the model has a cache; per call:
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
-        for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
+        for ``file_id`` blocks. content_policy: what messages may reference (``ContentPolicy.library()``
+        by default: local files allowed, ``http(s)`` URLs to public hosts only, 10 s / 64 MiB;
+        ``ContentPolicy.server()`` when the messages come from remote clients).
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
-        ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
-        captions) are remembered per attachment content, so later agent steps do not rerun them.
+        ``(recognized text: …)`` before the message text (see ``ibllm_agent.experts``; per call:
+        ``experts=False``). Findings (and captions) are remembered per attachment content hash, so
+        later agent steps do not rerun them; ``findings_store``: a ``FindingsStore`` (e.g. a JSON
+        file) to share them across processes. Lines found in a block's ``extras["context"]`` (the
+        agent puts them there) are used as they are.
 
     Key init args — tools (GPT4Tools protocol):
         protocol: ``"training"`` (the prompt the GPT4Tools LoRA was trained on, default) or ``"demo"``.
@@ -153,7 +159,8 @@ class ChatImageBindLLM(BaseChatModel):
     """
 
     model: Any = Field(default=None, exclude=True)
-    """A ``TextGenerator`` (e.g. ``ImageBindLLM``); built from ``preset``/``model_dir`` when absent."""
+    """A ``TextGenerator`` (e.g. the ``MultimodalLLM`` of ``ibllm_agent.load_model``); built from
+    ``preset``/``model_dir`` (through ``load_model``'s shared pool) when absent."""
     preset: str | None = None
     model_dir: str | None = None
     device: str | None = None
@@ -173,6 +180,7 @@ class ChatImageBindLLM(BaseChatModel):
     system_messages: Literal["prepend", "ignore"] = "prepend"
     invalid_retries: int = 0
     experts: list[Any] = Field(default_factory=list)
+    findings_store: Any = Field(default=None, exclude=True)
     captioner: Any = None
     media_namer: Callable[[Media], str] | None = None
     file_resolver: Callable[[str], Any] | None = None
@@ -184,8 +192,7 @@ class ChatImageBindLLM(BaseChatModel):
     cache_t: float = 20.0
     cache_alpha: float = 0.5
 
-    fetch_timeout: float = 10.0
-    fetch_max_bytes: int = 64 * 1024 * 1024
+    content_policy: ContentPolicy = Field(default_factory=ContentPolicy.library)
 
     # Experts and the captioner run once per attachment, not on every model call (an agent turn
     # calls the model once per step, and every call re-reads the thread's attachments).
@@ -194,6 +201,8 @@ class ChatImageBindLLM(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, values: Any) -> Any:
+        if isinstance(values, dict) and {"fetch_timeout", "fetch_max_bytes"} & set(values):
+            raise ValueError("fetch_timeout/fetch_max_bytes are fields of content_policy=ContentPolicy(...)")
         # LangChain's cross-provider name for the generation budget.
         if isinstance(values, dict) and "max_tokens" in values:
             values = dict(values)
@@ -208,6 +217,8 @@ class ChatImageBindLLM(BaseChatModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(f"invalid ChatImageBindLLM settings: {exc}") from None
+        if self.findings_store is not None:
+            self._findings = Findings(self.findings_store)
         if self.model is None:
             if self.preset is None and self.model_dir is None:
                 raise ConfigError("ChatImageBindLLM needs model=<TextGenerator>, preset=... or model_dir=...")
@@ -217,7 +228,7 @@ class ChatImageBindLLM(BaseChatModel):
                 self.preset, self.model_dir, self.device, self.dtype, dict(self.model_kwargs), self.cache_dir
             )
         elif self.cache_dir is not None:
-            _attach_cache(self.model, self.cache_dir)
+            self.model = _attach_cache(self.model, self.cache_dir)
         if not isinstance(self.model, TextGenerator):
             raise ConfigError(
                 f"model must implement ibllm_agent.types.TextGenerator (generate, stream, count_tokens, "
@@ -297,7 +308,7 @@ class ChatImageBindLLM(BaseChatModel):
         return fit(self.model, render(self, messages, stop, kwargs))
 
     def _finding(self, expert: Any, media: Media) -> str | None:
-        """``expert(media)``, remembered per attachment content (the last 256 findings)."""
+        """``expert(media)``, remembered per attachment content hash."""
         return self._findings.get(expert, media)
 
     # -- LangChain entry points --------------------------------------------------------------------

@@ -49,11 +49,10 @@ def demo_media(folder: Path, seed: int = 0) -> tuple[tuple[Path, str], tuple[Pat
 
 
 def demo_tools(chat: Any) -> list[Any]:
-    """Every vision tool (those without weights answer with what is missing) plus transcription."""
+    """Every built-in tool, transcription included (those without weights answer with what is missing)."""
     from ibllm_agent.tools import default_tools
-    from ibllm_agent.tools.speech import transcribe_tool
 
-    return [*default_tools(generator=getattr(chat, "model", None)), transcribe_tool()]
+    return default_tools(generator=getattr(chat, "model", None))
 
 
 def print_turn(agent: Any, thread: str, text: str, attachments: list[Any], echo=None) -> Any:
@@ -88,10 +87,9 @@ def run_demo(model: Any, workspace: Path, seed: int = 0, echo=None) -> list[Any]
     ``--model`` value or anything ``build_agent`` takes (a ``TextGenerator``, a chat model)."""
     from ibllm_agent.agent import build_agent
     from ibllm_agent.agent.runtime import load_chat_model
-    from ibllm_agent.cli.run import resolve_model_spec
 
     (image, image_caption), (audio, audio_caption) = demo_media(workspace / "inputs", seed)
-    chat = load_chat_model(resolve_model_spec(model) if isinstance(model, str) else model)
+    chat = load_chat_model(model)
     agent = build_agent(chat, tools=demo_tools(chat), memory="memory", workspace=workspace / "threads")
     results = []
     with agent:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ibllm_agent.errors import IbllmError
+from ibllm_agent.sizes import format_size
 
 # Import names of the optional packages the extras install (checked without importing them).
 _OPTIONAL = {
@@ -26,16 +27,6 @@ _OPTIONAL = {
     "fastapi": "serve",
     "uvicorn": "serve",
 }
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _environment(settings: Any) -> dict[str, Any]:
@@ -86,6 +77,28 @@ def _tools(settings: Any) -> list[dict[str, Any]]:
             for t in tool_status(settings, with_chat_model=True)]
 
 
+def _models(settings: Any) -> list[dict[str, Any]]:
+    """Models ``--model`` can load: ``official`` (present or not), ``demo`` (shipped in the package),
+    other converted folders in the weights dir, and the random ``tiny`` preset."""
+    from ibllm_agent.shipped import DEMO_DIR
+
+    root = Path(settings.weights_dir)
+    official = root / "official"
+    rows = [{"name": "official", "present": (official / "config.json").is_file(), "path": str(official),
+             "use": "--model official" if (official / "config.json").is_file()
+             else "missing: ibllm-agent pull imagebind-llm-7b"}]
+    shipped = (DEMO_DIR / "config.json").is_file()
+    rows.append({"name": "demo", "present": shipped, "path": str(DEMO_DIR),
+                 "use": "--model demo" if shipped else "missing: python -m ibllm_agent.training.demo " + str(DEMO_DIR)})
+    if root.is_dir():
+        for cfg in sorted(root.glob("*/config.json")):
+            if cfg.parent.name != "official" and (cfg.parent / "adapter.safetensors").is_file():
+                rows.append({"name": cfg.parent.name, "present": True, "path": str(cfg.parent),
+                             "use": f"--model {cfg.parent}"})
+    rows.append({"name": "tiny", "present": True, "path": None, "use": "--model tiny (random weights: smoke tests)"})
+    return rows
+
+
 def collect(settings: Any) -> dict[str, Any]:
     """Everything ``info`` shows, as plain JSON-able data."""
     from ibllm_agent.weights import status
@@ -100,7 +113,9 @@ def collect(settings: Any) -> dict[str, Any]:
             "device": settings.device,
             "dtype": settings.dtype,
             "memory_url": settings.memory_url,
+            "visual_cache": str(settings.visual_cache) if settings.visual_cache else None,
         },
+        "models": _models(settings),
         "environment": _environment(settings),
         "packages": _packages(),
         "tools": _tools(settings),
@@ -130,6 +145,12 @@ def _print_human(data: dict[str, Any]) -> None:
     console.print("[bold]Settings[/bold]")
     for key in ("weights_dir", "workspace_dir", "device", "dtype", "memory_url"):
         console.print(f"  {key:<14} {s[key]}", markup=False)
+    cache = s["visual_cache"]
+    if cache is None:
+        cache_state = "none (media are encoded without cache enhancement; --cache DIR / IBLLM_VISUAL_CACHE)"
+    else:
+        cache_state = cache + ("" if Path(cache).is_dir() else " (folder missing)")
+    console.print(f"  {'visual_cache':<14} {cache_state}", markup=False)
     found = "found" if s["config_file_exists"] else "not found, defaults used"
     console.print(f"  {'config_file':<14} {s['config_file']} ({found})", markup=False)
 
@@ -138,6 +159,10 @@ def _print_human(data: dict[str, Any]) -> None:
         if key == "gpus":
             value = ", ".join(value) or "none"
         console.print(f"  {key:<14} {value}", markup=False)
+
+    console.print("[bold]Models[/bold] (for --model)")
+    for m in data["models"]:
+        console.print(f"  {m['name']:<14} {'present' if m['present'] else 'missing':<8} {m['use']}", markup=False)
 
     console.print("[bold]Optional packages[/bold]")
     for name, p in data["packages"].items():
@@ -156,9 +181,9 @@ def _print_human(data: dict[str, Any]) -> None:
         else:
             state = "missing (manual)" if w["kind"] == "manual" else "missing"
         if w["partial_bytes"] and not w["present"]:
-            state += f", {_human(w['partial_bytes'])} downloaded (resumable)"
+            state += f", {format_size(w['partial_bytes'])} downloaded (resumable)"
         rel = Path(w["path"]).relative_to(data["settings"]["weights_dir"])
-        table.add_row(w["name"], state, _human(w["size_bytes"]), str(rel))
+        table.add_row(w["name"], state, format_size(w["size_bytes"]), str(rel))
     console.print(table)
     console.print("[bold]Tools[/bold] (offered by the agent when nothing is missing)")
     for t in data["tools"]:

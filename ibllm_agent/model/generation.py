@@ -3,11 +3,13 @@
 The engine knows nothing about images. A model hands it a ``step`` function::
 
     step(input_ids [B, T] long, attention_mask [B, T_past + T] long, position_ids [B, T] long,
-         past_key_values | None) -> (logits [B, T', V], past_key_values)      # T' = T or 1
+         cache | None) -> (logits [B, T', V], cache)      # T' = T or 1
 
 (``hf_step(model)`` builds one for a transformers causal LM; ``ImageBindLLM`` binds its visual
-injection into its own). Per call the engine runs one prefill pass over the prompt, then one token
-per step through transformers' ``DynamicCache``.
+injection into its own). ``cache`` is a transformers ``Cache`` (a ``DynamicCache``, passed as the
+model's ``cache=`` argument — transformers 5 deprecates ``past_key_values=``): None on the prefill,
+where the step creates one, then the object the previous step returned. Per call the engine runs
+one prefill pass over the prompt, then one token per step.
 
 - Batches are LEFT padded; the attention mask hides the pads and position ids come from the mask,
   so every row sees the positions it would see alone (batch results equal single results).
@@ -110,6 +112,28 @@ class TextStream(Iterator[str]):
         self._gen.close()  # type: ignore[attr-defined]
 
 
+class BatchStream(Iterator[list[tuple[int, str]]]):
+    """The iterator ``Generator.stream_batch`` returns: per step a list of ``(row, delta)``;
+    ``.results`` (one ``Result`` per row) is set once exhausted."""
+
+    def __init__(self, run: Iterator[list[tuple[int, str]]]):
+        self._run = run
+        self.results: list[Result] | None = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> list[tuple[int, str]]:
+        try:
+            return next(self._run)
+        except StopIteration as stop:
+            self.results = stop.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._run.close()  # type: ignore[attr-defined]
+
+
 def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     """A ``step`` for a transformers causal LM (e.g. ``LlamaForCausalLM``).
 
@@ -117,16 +141,20 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     else), which saves a [B, T, V] matmul in the prefill; pass 0 to get logits for every position.
     """
 
-    def step(input_ids, attention_mask, position_ids, past_key_values):
+    def step(input_ids, attention_mask, position_ids, cache):
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return out.logits, out.past_key_values
+        return out.logits, out.cache
 
     return step
 
@@ -249,6 +277,24 @@ class Generator:
                 run.close()  # a consumer that stops early still lets the engine keep its cache
 
         return TextStream(deltas())
+
+    def stream_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: Sampling | None = None,
+        *,
+        step: Step | None = None,
+    ) -> BatchStream:
+        """Complete several prompts as ONE left-padded batch, yielding per decoding step a list of
+        ``(row, text delta)``; ``.results`` holds one ``Result`` per prompt once exhausted.
+
+        What a server needs to share forward passes between requests while streaming each its own
+        text. Rows are independent (their own detokenizer, stop strings and finish); ``close()``
+        stops decoding for all rows. No prefix reuse (B > 1 never uses the prefix cache).
+        """
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+            raise PromptError("stream_batch expects a non-empty list of prompts, each a list of token ids")
+        return BatchStream(self._run(self._prepare(prompts, sampling), None, step or self.step))
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock cannot be copied, make a new one
         state = dict(self.__dict__)
