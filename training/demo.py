@@ -164,7 +164,7 @@ def build_model(tokenizer, recipe: DemoRecipe):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = ImageBindLLM(config, tokenizer=tokenizer, device="cpu")
-    model._encoder_seed = recipe.seed
+    model.encoder_seed = recipe.seed  # the tiny ImageBind is built from this seed (saved with the model)
     return model
 
 
@@ -189,7 +189,11 @@ def evaluate(model, data_dir: Path, *, batch_size: int = 16, limit: int | None =
     """The GPT4Tools metrics of ``model`` on the held-out splits (``eval tools --model`` in process):
     overall, per ``kind``, and per attached ``modality`` (its SR_act is the tool-choice accuracy)."""
     from ibllm_agent.evaluation.runner import load_gt, predict_tools, score_tools
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.multimodal import MultimodalLLM
 
+    if isinstance(model, ImageBindLLM):  # the LM alone: add its media stage (the samples attach files)
+        model = MultimodalLLM.from_llm(model)
     report: dict[str, Any] = {}
     for split, name in EVAL_SPLITS.items():
         gt = load_gt(data_dir / name)[:limit]
