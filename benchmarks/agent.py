@@ -141,11 +141,36 @@ def conversation(agent, gen, image: Path, thread: str) -> float:
         answer("It is still a red square."),
         answer("You're welcome."),
     ]
+    stats = gen.real.engine.stats
+    gen.turns = []
     t0 = time.perf_counter()
-    agent.send(thread, "What is in this picture?", attachments=[image])
-    agent.send(thread, "Describe the image again")
-    agent.send(thread, "Thanks!")
+    for text, attachments in (("What is in this picture?", [image]), ("Describe the image again", []),
+                              ("Thanks!", [])):
+        before = (stats.prefill_tokens_computed, stats.prefill_tokens_reused)
+        agent.send(thread, text, attachments=attachments)
+        gen.turns.append((stats.prefill_tokens_computed - before[0], stats.prefill_tokens_reused - before[1]))
     return time.perf_counter() - t0
+
+
+def prefill_report(agent, gen, image: Path) -> None:
+    """Prefill tokens per turn of one conversation, with the engine's prefix reuse on and off."""
+    engine = gen.real.engine
+    rows = {}
+    for label, on in (("no reuse", False), ("reuse", True)):
+        engine.prefix_cache = on
+        engine.clear_cache()
+        conversation(agent, gen, image, f"prefill-{label}")
+        rows[label] = list(gen.turns)
+    engine.prefix_cache = True
+    print("\nprefill tokens over a 3-turn conversation with tool steps (turn: steps; computed + reused):")
+    total_off = sum(c + r for c, r in rows["no reuse"])
+    for i, ((c0, _), (c1, r1)) in enumerate(zip(rows["no reuse"], rows["reuse"]), 1):
+        print(f"  turn {i}: no reuse {c0:>6} computed | reuse {c1:>6} computed + {r1:>6} reused "
+              f"({100 * r1 / max(c1 + r1, 1):.0f} % saved)")
+    computed = sum(c for c, _ in rows["reuse"])
+    print(f"  total : no reuse {total_off:>6} computed | reuse {computed:>6} computed "
+          f"({100 * (1 - computed / total_off):.0f} % of the prefill saved; engine byte budget "
+          f"{engine._cache.max_bytes >> 20} MiB, {len(engine._cache)} entries kept)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                 gen.steps = 0
                 wall = conversation(agent, gen, image, f"t{i}")
                 rows.append({**TIMES, "wall": wall, "steps": gen.steps})
+            if label == "after":
+                prefill_report(agent, gen, image)
             agent.close()
             if label == "before":
                 conn.close()
