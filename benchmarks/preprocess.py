@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_loaders.py
 from PIL import Image
 
 from ibllm_agent import media
-
-EXT_MODALITY = {".jpg": "image", ".wav": "audio", ".mp4": "video", ".pt": "point"}
+from ibllm_agent.media.formats import extension_modality
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,8 +66,8 @@ def collect(shared: Path) -> dict[str, tuple[list, str]]:
         raise SystemExit(f"golden data not found under {shared} (pass --shared)")
     sets: dict[str, tuple[list, str]] = {}
     for path in sorted((golden / "media").iterdir()):
-        modality = EXT_MODALITY.get(path.suffix)
-        if modality:
+        modality = extension_modality(path)
+        if modality in ("image", "audio", "video", "point"):
             sets.setdefault(modality, ([], "golden"))[0].append(path)
     index = json.loads((golden / "index.json").read_text())
     sets["text"] = ([v["text"] for v in index.values() if "text" in v], "golden")

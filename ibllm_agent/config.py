@@ -31,8 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from ibllm_agent.errors import ConfigError
 
@@ -68,38 +72,35 @@ def _config_file_from(init_kwargs: dict[str, Any]) -> tuple[Path, bool]:
     return Path(raw or DEFAULT_CONFIG_FILE).expanduser(), bool(explicit)
 
 
-class _TomlFileSource(PydanticBaseSettingsSource):
-    """Reads the flat TOML config file; a missing file is an empty source (unless it was named
-    explicitly), a broken one an error."""
+class _TomlFileSource(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source with our rules: a missing file is an empty source (unless it
+    was named explicitly), a broken or unknown-keyed one a ``ConfigError``, and relative folders are
+    relative to the file."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path, explicit: bool = False):
-        super().__init__(settings_cls)
+        if not path.exists():
+            if explicit:  # a typo in --config must not silently fall back to the defaults
+                raise ConfigError(f"config file {path} does not exist")
+        elif not path.is_file():
+            raise ConfigError(f"config file {path} is not a file")
         self.path = path
-        self.explicit = explicit
-        self.data = self._read()
+        self._known = set(settings_cls.model_fields) - {"config_file"}
+        super().__init__(settings_cls, toml_file=path)
 
-    def _read(self) -> dict[str, Any]:
-        if not self.path.exists():
-            if self.explicit:  # a typo in --config must not silently fall back to the defaults
-                raise ConfigError(f"config file {self.path} does not exist")
-            return {}
-        if not self.path.is_file():
-            raise ConfigError(f"config file {self.path} is not a file")
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
         try:
-            with open(self.path, "rb") as f:
-                data = tomllib.load(f)
+            data = super()._read_file(file_path)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {self.path} is not valid TOML: {exc}") from None
         except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib lets the decode error through
             raise ConfigError(f"config file {self.path} is not UTF-8 text: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"config file {self.path} cannot be read: {exc}") from None
-        known = set(self.settings_cls.model_fields) - {"config_file"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - self._known)
         if unknown:
             raise ConfigError(
                 f"config file {self.path} has unknown key(s) {', '.join(unknown)}; "
-                f"known keys: {', '.join(sorted(known))}"
+                f"known keys: {', '.join(sorted(self._known))}"
             )
         for key in ("weights_dir", "workspace_dir"):
             # Relative folders are anchored at the file's folder, so the same file means the same
@@ -108,12 +109,6 @@ class _TomlFileSource(PydanticBaseSettingsSource):
                 value = Path(data[key]).expanduser()
                 data[key] = value if value.is_absolute() else self.path.parent / value
         return data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
 
 
 class Settings(BaseSettings):

@@ -7,8 +7,9 @@ block                                   becomes
 ======================================  ============================================================
 ``{"type": "image", "base64", "mime_type"}``   bytes (also ``audio``, ``video``, ``file``)
 ``{"type": "image", "url": "data:…;base64,…"}`` bytes (OpenAI ``image_url`` data URIs normalise here)
-``{"type": "image", "url": "https://…"}``      bytes fetched with httpx under ``FetchLimits``
-``{"type": "image", "url": "file:///…"}``       a local ``Path`` (also a bare path in ``url`` or ``path``)
+``{"type": "image", "url": "https://…"}``      bytes fetched under the ``ContentPolicy`` (public hosts only)
+``{"type": "image", "url": "file:///…"}``       a local ``Path`` (also a bare path in ``url`` or ``path``),
+                                                only when the policy allows local files
 ``{"type": "image", "file_id": "…"}``           whatever ``file_resolver(file_id)`` returns
 ======================================  ============================================================
 
@@ -22,16 +23,15 @@ Modality: ``image``/``audio``/``video`` blocks give theirs; a ``file`` block's m
 
 ``extras`` may also carry ``weight`` (fusion weight; default from per-call ``modality_weights``),
 ``name`` (the workspace name announced to a GPT4Tools model) and ``description`` (its caption).
-Bad blocks raise ``ContentBlockError`` (``FetchError`` for downloads) naming the block and the reason.
+Bad blocks — and blocks the ``ContentPolicy`` refuses — raise ``ContentBlockError`` (``FetchError``
+for downloads) naming the block and the reason.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import mimetypes
 import threading
-import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -39,45 +39,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ibllm_agent.errors import ContentBlockError, FetchError
+from pydantic import BaseModel, ConfigDict, Field
+
+from ibllm_agent.errors import ContentBlockError
+from ibllm_agent.fetch import safe_fetch
+from ibllm_agent.media.formats import extension_modality, mime_modality
 from ibllm_agent.types import MODALITIES, Media
 
 DATA_BLOCK_TYPES = ("image", "audio", "video", "file")
 
-# mime type -> modality for the non-obvious cases (image/*, audio/*, video/* map by their prefix).
-MIME_MODALITIES: dict[str, str] = {
-    "model/ply": "point",
-    "model/x-ply": "point",
-    "application/ply": "point",
-    "application/x-ply": "point",
-    "model/x-pcd": "point",
-    "application/x-pcd": "point",
-    "application/x-point-cloud": "point",
-    "model/x-xyz": "point",
-    "application/x-depth": "depth",
-    "image/x-depth": "depth",
-    "application/x-thermal": "thermal",
-    "image/x-thermal": "thermal",
-    "application/x-imu": "imu",
-}
-# file extension -> modality; ``.npy`` is deliberately absent (it can hold any modality: say which).
-EXT_MODALITIES: dict[str, str] = {
-    ".ply": "point", ".pcd": "point", ".xyz": "point", ".pts": "point",
-    ".png": "image", ".jpg": "image", ".jpeg": "image", ".bmp": "image", ".gif": "image", ".webp": "image",
-    ".wav": "audio", ".mp3": "audio", ".flac": "audio", ".ogg": "audio", ".m4a": "audio",
-    ".mp4": "video", ".avi": "video", ".mov": "video", ".mkv": "video", ".webm": "video",
-}
-
 FileResolver = Callable[[str], Any]
 
 
-@dataclass(frozen=True)
-class FetchLimits:
-    """Limits for remote ``http(s)`` attachments: seconds per request (the whole download, not just
-    the wait for each piece) and bytes per file."""
+class ContentPolicy(BaseModel):
+    """What message content may reference.
 
-    timeout: float = 10.0
-    max_bytes: int = 64 * 1024 * 1024
+    allow_local_files: local paths and ``file://`` URLs (True for the library and CLI —
+        ``ContentPolicy.library()``, the default; False for servers — ``ContentPolicy.server()``,
+        where a client must never make the process read its disk).
+    allow_private_network: fetch ``http(s)`` URLs whose host resolves to a loopback, private,
+        link-local, multicast, reserved or unspecified address (False: every address of the host
+        and of every redirect hop must be public; see ``ibllm_agent.fetch``).
+    fetch_timeout: seconds for a whole download, redirects included. fetch_max_bytes: per file.
+    max_redirects: redirect hops followed (each one checked again).
+
+    Inline content (``base64`` fields, ``data:`` URIs) is always accepted: it carries its own
+    bytes. ``file_id`` blocks go through the chat model's ``file_resolver``, which decides itself.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow_local_files: bool = True
+    allow_private_network: bool = False
+    fetch_timeout: float = Field(10.0, gt=0)
+    fetch_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_redirects: int = Field(5, ge=0)
+
+    @classmethod
+    def library(cls, **overrides: Any) -> ContentPolicy:
+        """Library and CLI default: local files allowed, remote URLs public-only."""
+        return cls(**overrides)
+
+    @classmethod
+    def server(cls, **overrides: Any) -> ContentPolicy:
+        """Serving a remote client: no local files, remote URLs public-only."""
+        return cls(**{"allow_local_files": False, **overrides})
 
 
 def _describe(block: Mapping[str, Any]) -> str:
@@ -88,24 +94,6 @@ def _describe(block: Mapping[str, Any]) -> str:
     if "base64" in block:
         shown["base64"] = f"<{len(str(block['base64']))} chars>"
     return repr(shown)
-
-
-def _mime_modality(mime: str | None) -> str | None:
-    if not mime:
-        return None
-    mime = mime.split(";")[0].strip().lower()
-    base = mime.split("+")[0]
-    if mime in MIME_MODALITIES or base in MIME_MODALITIES:
-        return MIME_MODALITIES.get(mime) or MIME_MODALITIES[base]
-    major = mime.split("/")[0]
-    return major if major in ("image", "audio", "video") else None
-
-
-def _ext_modality(location: str | None) -> str | None:
-    if not location:
-        return None
-    path = urllib.parse.urlparse(location).path if "://" in location else location
-    return EXT_MODALITIES.get(Path(path).suffix.lower())
 
 
 def block_modality(block: Mapping[str, Any]) -> str:
@@ -127,11 +115,11 @@ def block_modality(block: Mapping[str, Any]) -> str:
         data_mime = url[5:].split(",", 1)[0].split(";")[0]
     location = block.get("path") or extras.get("filename") or extras.get("name") or url
     found = (
-        _mime_modality(block.get("mime_type"))
-        or _mime_modality(data_mime)
-        or _ext_modality(location if isinstance(location, str) and not str(location).startswith("data:") else None)
+        mime_modality(block.get("mime_type"))
+        or mime_modality(data_mime)
+        or extension_modality(location if isinstance(location, str) and not str(location).startswith("data:") else None)
     )
-    if found is None:
+    if found is None or found == "array":  # .npy holds points, IMU or depth: the sender must say which
         raise ContentBlockError(
             f"content block {_describe(block)}: cannot tell its modality; give a mime_type "
             f"(e.g. model/ply, application/x-depth), a known file extension or extras={{'modality': …}}"
@@ -186,55 +174,39 @@ class _FetchCache:
 FETCH_CACHE = _FetchCache()
 
 
-def fetch(url: str, limits: FetchLimits = FetchLimits(), *, use_cache: bool = True) -> bytes:
-    """GET ``url`` with httpx, following redirects, under ``limits``; raises ``FetchError``.
+def fetch(url: str, policy: ContentPolicy | None = None, *, use_cache: bool = True) -> bytes:
+    """GET ``url`` under ``policy`` (default ``ContentPolicy.library()``) with ``safe_fetch``;
+    raises ``FetchError``.
 
     Bodies are kept in a small in-process LRU (``FETCH_CACHE``, 16 files / 256 MiB) unless
-    ``use_cache=False``; ``FETCH_CACHE.clear()`` empties it.
+    ``use_cache=False``; ``FETCH_CACHE.clear()`` empties it. The cache key includes whether private
+    addresses were allowed, so a body fetched under a permissive policy never answers a strict one.
     """
-    if use_cache and (cached := FETCH_CACHE.get(url)) is not None and len(cached) <= limits.max_bytes:
+    policy = policy or ContentPolicy.library()
+    key = f"{int(policy.allow_private_network)} {url}"
+    if use_cache and (cached := FETCH_CACHE.get(key)) is not None and len(cached) <= policy.fetch_max_bytes:
         return cached
-    body = _download(url, limits)
+    body = safe_fetch(
+        url,
+        timeout=policy.fetch_timeout,
+        max_bytes=policy.fetch_max_bytes,
+        allow_private_network=policy.allow_private_network,
+        max_redirects=policy.max_redirects,
+    )
     if use_cache:
-        FETCH_CACHE.put(url, body)
+        FETCH_CACHE.put(key, body)
     return body
-
-
-def _download(url: str, limits: FetchLimits) -> bytes:
-    import httpx
-
-    # httpx's timeout bounds each network wait; a server dripping bytes would never trip it, so the
-    # whole download also has a deadline.
-    deadline = time.monotonic() + limits.timeout
-    try:
-        with httpx.stream("GET", url, timeout=limits.timeout, follow_redirects=True) as resp:
-            if resp.status_code >= 400:
-                raise FetchError(f"fetching {url}: HTTP {resp.status_code}")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise FetchError(f"fetching {url}: {declared} bytes is over the limit of {limits.max_bytes}")
-            chunks, size = [], 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise FetchError(f"fetching {url}: more than the limit of {limits.max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise FetchError(f"fetching {url}: not complete within {limits.timeout:g} s")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException:
-        raise FetchError(f"fetching {url}: no answer within {limits.timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        raise FetchError(f"fetching {url}: {type(exc).__name__}: {exc}") from None
 
 
 def block_source(
     block: Mapping[str, Any],
     *,
     file_resolver: FileResolver | None = None,
-    limits: FetchLimits = FetchLimits(),
+    policy: ContentPolicy | None = None,
 ) -> Any:
-    """The ``Media.source`` of a data block: bytes, a ``Path`` or whatever the resolver returns."""
+    """The ``Media.source`` of a data block: bytes, a ``Path`` or whatever the resolver returns,
+    under ``policy`` (default ``ContentPolicy.library()``)."""
+    policy = policy or ContentPolicy.library()
     extras = block.get("extras") or {}
     if block.get("base64") is not None:
         return _b64(str(block["base64"]), block)
@@ -245,7 +217,7 @@ def block_source(
             return _data_uri(url, block)
         scheme = urllib.parse.urlparse(url).scheme.lower()
         if scheme in ("http", "https"):
-            return fetch(url, limits)
+            return fetch(url, policy)
         if scheme == "file":
             path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
         elif scheme and len(scheme) > 1:  # "c:" drive letters are paths, not schemes
@@ -253,6 +225,11 @@ def block_source(
         else:
             path = url
     if path:
+        if not policy.allow_local_files:
+            raise ContentBlockError(
+                f"content block {_describe(block)}: local files and file:// URLs are not allowed by this "
+                f"content policy (send the bytes as base64 or a data: URI)"
+            )
         p = Path(str(path)).expanduser()
         if not p.is_file():
             raise ContentBlockError(f"content block {_describe(block)}: no such file {str(p)!r}")
@@ -282,7 +259,7 @@ def block_to_media(
     *,
     modality_weights: Mapping[str, float] | None = None,
     file_resolver: FileResolver | None = None,
-    limits: FetchLimits = FetchLimits(),
+    policy: ContentPolicy | None = None,
 ) -> Media:
     """One v1 data block → ``Media`` (modality, source, weight, name)."""
     modality = block_modality(block)
@@ -294,7 +271,7 @@ def block_to_media(
         weight = float(weight)
     except (TypeError, ValueError):
         raise ContentBlockError(f"content block {_describe(block)}: weight {weight!r} is not a number") from None
-    source = block_source(block, file_resolver=file_resolver, limits=limits)
+    source = block_source(block, file_resolver=file_resolver, policy=policy)
     if isinstance(source, Media):
         return Media(modality=source.modality, source=source.source, weight=weight, name=source.name)
     name = extras.get("name") or extras.get("filename")
@@ -315,7 +292,7 @@ def split_message(
     *,
     modality_weights: Mapping[str, float] | None = None,
     file_resolver: FileResolver | None = None,
-    limits: FetchLimits = FetchLimits(),
+    policy: ContentPolicy | None = None,
 ) -> MessageContent:
     """Split a LangChain message into text (text blocks joined by newlines) and ``Media`` items.
 
@@ -333,7 +310,7 @@ def split_message(
             texts.append(str(block["text"]))
         elif kind in DATA_BLOCK_TYPES:
             media.append(
-                block_to_media(block, modality_weights=modality_weights, file_resolver=file_resolver, limits=limits)
+                block_to_media(block, modality_weights=modality_weights, file_resolver=file_resolver, policy=policy)
             )
             extras = block.get("extras") or {}
             descriptions.append(extras.get("description") or extras.get("caption"))
@@ -355,13 +332,3 @@ def _blocks(message: Any) -> Sequence[Mapping[str, Any]]:
         return list(message.content_blocks)
     except AttributeError:
         return [b if isinstance(b, Mapping) else {"type": "text", "text": str(b)} for b in content]
-
-
-def guess_mime(path: str) -> str | None:
-    """Mime type of a path by extension (point clouds included)."""
-    ext = Path(path).suffix.lower()
-    if ext == ".ply":
-        return "model/ply"
-    if ext == ".pcd":
-        return "model/x-pcd"
-    return mimetypes.guess_type(path)[0]

@@ -7,8 +7,9 @@ never exists half-written. Failures are ``DownloadError`` / ``ChecksumError`` wi
 reason and, for interrupted transfers, the kept ``.part`` file (run the same command again to
 resume).
 
-``fetch_weight(name)`` downloads one entry of the weights registry (``ibllm_agent.weights``),
-including every file of a Hugging Face repository entry.
+``fetch_weight(name)`` downloads one entry of the weights registry (``ibllm_agent.weights``): files
+hosted on the Hugging Face Hub through ``huggingface_hub`` (``ibllm_agent.hub``), others with
+``download``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import httpx
 
@@ -200,7 +200,7 @@ def _transfer_once(
         if status not in (200, 206):
             reason = response.reason_phrase or "error"
             hint = (
-                " (gated or private: accept its licence on the model page and set HF_TOKEN)"
+                " (access denied: the file needs credentials this downloader does not send)"
                 if status in (401, 403)
                 else ""
             )
@@ -288,7 +288,7 @@ def download(
     try:
         if client is None:
             client = httpx.Client(
-                follow_redirects=True, timeout=httpx.Timeout(timeout), headers=_headers_for(url)
+                follow_redirects=True, timeout=httpx.Timeout(timeout), headers={"User-Agent": USER_AGENT}
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(part, url):
@@ -373,71 +373,6 @@ def _verify_part(part: Path, url: str, sha256: str | None, expected_size: int | 
 # Registry entries
 
 
-def hf_endpoint() -> str:
-    """The Hugging Face server (``$HF_ENDPOINT``, as in huggingface_hub; default huggingface.co)."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _headers_for(url: str) -> dict[str, str]:
-    """User agent, plus ``$HF_TOKEN`` as a bearer token for Hugging Face URLs (gated repos need it;
-    it is never sent to other hosts)."""
-    headers = {"User-Agent": USER_AGENT}
-    token = os.environ.get("HF_TOKEN")
-    if token and url.startswith(hf_endpoint() + "/"):
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
-
-
-def hf_file_url(repo_id: str, revision: str, path: str) -> str:
-    return f"{hf_endpoint()}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
-
-
-def list_hf_repo(
-    repo_id: str, revision: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None
-) -> list[dict[str, Any]]:
-    """Files of a Hugging Face model repo at ``revision``: dicts with ``path``, ``size`` and, for
-    LFS files, ``sha256`` (the checksum Hugging Face publishes for every LFS object)."""
-    url = f"{hf_endpoint()}/api/models/{repo_id}/tree/{quote(revision, safe='')}?recursive=true"
-    owns = client is None
-    client = client or httpx.Client(follow_redirects=True, timeout=timeout, headers=_headers_for(url))
-    try:
-        try:
-            response = client.get(url)
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise DownloadError(
-                f"cannot list {repo_id}@{revision} ({url}): {type(exc).__name__}: {exc}", url=url
-            ) from None
-        if response.status_code != 200:
-            raise DownloadError(
-                f"cannot list {repo_id}@{revision} ({url}): HTTP {response.status_code} {response.reason_phrase}",
-                url=url,
-            )
-        try:
-            entries = response.json()
-        except ValueError:
-            raise DownloadError(
-                f"cannot list {repo_id}@{revision} ({url}): the answer is not JSON", url=url
-            ) from None
-    finally:
-        if owns:
-            client.close()
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DownloadError(
-            f"cannot list {repo_id}@{revision} ({url}): the answer is not a list of files", url=url
-        )
-    files = []
-    for entry in entries:
-        if entry.get("type") != "file":
-            continue
-        path = str(entry.get("path", ""))
-        if not path or path.startswith("/") or ".." in path.split("/"):
-            # Never let a listing write outside the entry's folder.
-            raise DownloadError(f"{repo_id}@{revision} lists an unsafe file path {path!r}", url=url)
-        lfs = entry.get("lfs") or {}
-        files.append({"path": path, "size": lfs.get("size", entry.get("size")), "sha256": lfs.get("oid")})
-    return files
-
-
 def _select(files: list[dict[str, Any]], patterns: tuple[str, ...]) -> list[dict[str, Any]]:
     return [f for f in files if any(fnmatch.fnmatchcase(f["path"], p) for p in patterns)]
 
@@ -455,11 +390,13 @@ def fetch_weight(
 
     Files already present are kept (use ``force=True`` to fetch them again); for entries with a
     published sha256 a present file is re-verified first. ``manual`` entries cannot be fetched: they
-    raise ``MissingWeightError`` with instructions. Hugging Face repo entries list the repo through
-    the Hub API and download every file matching the entry's patterns, each checked against the
-    LFS sha256 the Hub publishes.
+    raise ``MissingWeightError`` with instructions. Files hosted on the Hugging Face Hub (single
+    files with a ``huggingface.co/.../resolve/...`` URL, and every file of an ``hf-repo`` entry that
+    matches its patterns) go through ``huggingface_hub`` (``ibllm_agent.hub``: token, endpoint,
+    offline mode, checked against the Hub's size and sha256/ETag); other URLs through ``download``.
     """
     from ibllm_agent.config import get_settings
+    from ibllm_agent.hub import HubFile, hub_download, list_repo_files, parse_hub_url
     from ibllm_agent.weights import get_spec, how_to_get, missing_files, weights_path
 
     settings = settings or get_settings()
@@ -472,10 +409,15 @@ def fetch_weight(
             raise ManualWeightMissingError(name, str(missing[0]), how_to_get(spec, settings))
         say(f"{root} already present")
         return root
+    timeout = download_kwargs.get("timeout", DEFAULT_TIMEOUT)
     if spec.kind == "file":
         for item in spec.files:
             dest = settings.weights_dir / item.path
             exact = item.size_bytes if item.size_exact else None
+            if (hub := parse_hub_url(item.url)) is not None:
+                hub_download(hub, dest, sha256=item.sha256, size=exact, force=force, progress=progress,
+                             timeout=timeout, say=say)
+                continue
             if _already_there(dest, item.sha256, exact, force, say):
                 continue
             say(f"downloading {name}: {item.url} -> {dest}")
@@ -491,9 +433,7 @@ def fetch_weight(
         return root
     # hf-repo
     try:
-        listing = list_hf_repo(
-            spec.repo_id, spec.revision, timeout=download_kwargs.get("timeout", DEFAULT_TIMEOUT)
-        )
+        listing = list_repo_files(spec.repo_id, spec.revision, timeout=timeout)
     except DownloadError as exc:
         if force or missing_files(name, settings):
             raise
@@ -504,29 +444,18 @@ def fetch_weight(
     if not wanted:
         raise DownloadError(
             f"{spec.repo_id}@{spec.revision} has no files matching {', '.join(spec.allow_patterns)}",
-            url=hf_file_url(spec.repo_id, spec.revision, ""),
+            url=HubFile(spec.repo_id, spec.revision, "").url,
         )
     missing_required = [r for r in spec.required if r not in {f["path"] for f in wanted}]
     if missing_required:
         raise DownloadError(
             f"{spec.repo_id}@{spec.revision} lacks required file(s) {', '.join(missing_required)}",
-            url=hf_file_url(spec.repo_id, spec.revision, ""),
+            url=HubFile(spec.repo_id, spec.revision, "").url,
         )
     for entry in wanted:
-        dest = root / entry["path"]
-        if _already_there(dest, entry["sha256"], entry["size"], force, say):
-            continue
-        url = hf_file_url(spec.repo_id, spec.revision, entry["path"])
-        say(f"downloading {name}: {entry['path']}")
-        download(
-            url,
-            dest,
-            sha256=entry["sha256"],
-            expected_size=entry["size"],
-            progress=progress,
-            label=f"{spec.name}/{entry['path']}",
-            **download_kwargs,
-        )
+        hub_download(HubFile(spec.repo_id, spec.revision, entry["path"]), root / entry["path"],
+                     sha256=entry["sha256"], size=entry["size"], force=force, progress=progress,
+                     timeout=timeout, say=say)
     return root
 
 

@@ -139,3 +139,13 @@ class ManualWeightMissingError(MissingWeightError):
 class EncoderInputError(IbllmError, ValueError):
     """A tensor handed to the ImageBind encoders has the wrong modality name, shape, dtype or values
     (the message names the modality, the expected shape and what was given)."""
+
+
+class ToolInputError(IbllmError, ValueError):
+    """A tool's input is unusable: empty object text, a file that is not an image, an image over the
+    size limit, an unknown media file. The agent turns it into an error observation the model reads."""
+
+
+class EvalDataError(IbllmError, ValueError):
+    """An evaluation file (ground truth, predictions, MME questions) is missing, not JSON, or lacks a
+    field; the message names the file, the item and the field."""

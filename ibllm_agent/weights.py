@@ -13,7 +13,9 @@ Kinds:
 - ``manual``: a gated release that the user must obtain; ``how_to_get`` says how and where to put it.
 
 Checksums: ``sha256`` is filled in only where the publisher states it (openai-whisper's URLs embed
-it; Hugging Face publishes one for every LFS file of a repo entry, read at download time). Sizes
+it). Every file hosted on the Hugging Face Hub — a ``huggingface.co/.../resolve/...`` URL here or a
+file of an ``hf-repo`` entry — is fetched with ``huggingface_hub`` and checked against the size and
+ETag the Hub publishes at download time (sha256 of LFS files, git sha1 of small ones; ``hub.py``). Sizes
 marked ``exact`` are byte counts that the download is checked against; the others are the
 approximate sizes the projects give, for display.
 """
@@ -273,10 +275,10 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         kind="file",
         path="groundingdino/groundingdino_swint_ogc.pth",
         description="GroundingDINO Swin-T (OGC) open-set detector, plus its model config "
-        "GroundingDINO_SwinT_OGC.py in the same folder.",
+        "GroundingDINO_SwinT_OGC.py and the bert-base-uncased vocab.txt in the same folder.",
         licence="Apache-2.0",
         source="https://github.com/IDEA-Research/GroundingDINO/releases/tag/v0.1.0-alpha",
-        size_bytes=693_997_677 + 1_006,
+        size_bytes=693_997_677 + 1_006 + 231_508,
         files=(
             WeightFile(
                 "groundingdino/groundingdino_swint_ogc.pth",
@@ -287,6 +289,12 @@ _ENTRIES: tuple[WeightSpec, ...] = (
             WeightFile(
                 "groundingdino/GroundingDINO_SwinT_OGC.py",
                 "https://raw.githubusercontent.com/IDEA-Research/GroundingDINO/main/groundingdino/config/GroundingDINO_SwinT_OGC.py",
+            ),
+            # The .pth holds the BERT weights but not the tokenizer vocabulary the text encoder needs.
+            WeightFile(
+                "groundingdino/bert-base-uncased-vocab.txt",
+                "https://huggingface.co/google-bert/bert-base-uncased/resolve/main/vocab.txt",
+                231_508,
             ),
         ),
         extra={"config": "groundingdino/GroundingDINO_SwinT_OGC.py"},
@@ -301,6 +309,14 @@ _ENTRIES: tuple[WeightSpec, ...] = (
         "CreativeML OpenRAIL-M",
         int(5.5 * _GB),
         " (the maintained copy of runwayml/stable-diffusion-inpainting, which was taken down)",
+    ),
+    _diffusers(
+        "sd15",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "Stable Diffusion 1.5 (diffusers layout), for the text-to-image tool.",
+        "CreativeML OpenRAIL-M",
+        int(5.2 * _GB),
+        " (the maintained copy of runwayml/stable-diffusion-v1-5, which was taken down)",
     ),
     _diffusers(
         "sd21_unclip",
@@ -429,9 +445,11 @@ class WeightStatus:
     partial_bytes: int = 0  # bytes in unfinished ``*.part`` downloads (resumed by ``download``)
 
 
-def _is_download_state(path: Path) -> bool:
-    """Files of an unfinished download (``download.py``): the data, its version note, its lock."""
-    return path.name.endswith((".part", ".part.meta", ".part.lock"))
+def _is_download_state(rel: Path) -> bool:
+    """Download bookkeeping, not weights (``rel`` is relative to the entry's folder): an unfinished
+    download of ``download.py`` (the data, its version note, its lock) or ``huggingface_hub``'s
+    per-folder metadata and staging (``.cache/``)."""
+    return rel.name.endswith((".part", ".part.meta", ".part.lock")) or ".cache" in rel.parts
 
 
 def _part_size(root: Path, spec: WeightSpec) -> int:
@@ -446,7 +464,9 @@ def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p))
+        return sum(
+            p.stat().st_size for p in path.rglob("*") if p.is_file() and not _is_download_state(p.relative_to(path))
+        )
     return 0
 
 

@@ -40,3 +40,37 @@ def _isolated_ibllm_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IBLLM_WEIGHTS_DIR", str(home / "weights"))
     monkeypatch.setenv("IBLLM_WORKSPACE_DIR", str(home / "workspace"))
     monkeypatch.setenv("IBLLM_CONFIG_FILE", str(home / "config.toml"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): on 2
+    shared, busy cores OpenMP barriers make the many small kernels (farthest-point sampling, tiny
+    models) crawl, ~10x slower than one thread. Restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """One faiss OpenMP thread for a module: its threads spin-wait, and on a shared 2-core box one
+    thread is many times faster. Restored afterwards."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_imagebind():
+    """The tiny random-init ImageBind + Point-Bind encoder (seed 0), one per test module; tests must
+    not change its weights."""
+    from ibllm_agent.encoders import ImageBind
+
+    return ImageBind.from_preset("tiny_w3d", seed=0)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from PIL import Image
-from test_agent_support import (
+from agent_support import (
     NAME_RE,
     announced,
     answer,
@@ -17,6 +16,7 @@ from test_agent_support import (
     tool_step,
     use_plugin,
 )
+from PIL import Image
 
 from ibllm_agent.agent import build_agent, gpt4tools_tool
 from ibllm_agent.agent.middleware import step_limit_message

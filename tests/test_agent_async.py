@@ -7,7 +7,7 @@ import asyncio
 import contextvars
 import threading
 
-from test_agent_support import answer, last_observation, tool_step
+from agent_support import answer, last_observation, tool_step
 
 from ibllm_agent.agent import build_agent
 from ibllm_agent.testing import ScriptedGenerator

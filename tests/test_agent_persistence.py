@@ -12,7 +12,7 @@ import textwrap
 import time
 
 import pytest
-from test_agent_support import (
+from agent_support import (
     announced,
     answer,
     assert_consistent,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from agent_support import install_fake_plugin, use_plugin
 from ibllm_agent.tools.catalog import RUNTIME_DESCRIPTIONS, TRAINING_DESCRIPTIONS
 from langchain_core.tools import tool
-from test_agent_support import install_fake_plugin, use_plugin
 
 from ibllm_agent.agent.registry import ToolRegistry, default_registry, gpt4tools_tool, path_fields_of
 from ibllm_agent.errors import ToolRegistryError

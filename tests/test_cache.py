@@ -10,6 +10,8 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+from helpers import clustered, unit
+
 from ibllm_agent import CacheSettings, VisualCache
 from ibllm_agent.cache import store
 from ibllm_agent.cache.index import plan_index
@@ -21,26 +23,7 @@ from ibllm_agent.errors import (
     IbllmError,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    """faiss' OpenMP threads spin-wait; on a shared 2-core CI box one thread is many times faster."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit(a: np.ndarray) -> np.ndarray:
-    return a / np.linalg.norm(a, axis=-1, keepdims=True)
-
-
-def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
-    """Unit vectors around random centres, rounded to float16 values (what a cache stores)."""
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.standard_normal((clusters, d)))
-    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d)) / np.sqrt(d)
-    return unit(x).astype(np.float16).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # see tests/conftest.py
 
 
 def reference_enhance(f: np.ndarray, bank: np.ndarray, k: int, t: float, alpha: float) -> np.ndarray:
@@ -452,3 +435,30 @@ def test_searches_beyond_the_gpu_k_limit_use_the_cpu_index(monkeypatch):
     want = reference_enhance(q, bank, 100, 20.0, 0.5)
     np.testing.assert_allclose(big, want, atol=1e-3)
     assert small.shape == big.shape == (2, 16)
+
+
+def test_coarse_centroids_use_faiss_two_level_clustering_with_a_fallback(monkeypatch):
+    import faiss.contrib.clustering as contrib
+
+    from ibllm_agent.cache.index import train_coarse_centroids
+
+    data = clustered(128 * 40, 16, seed=2, clusters=50)
+    calls = []
+    real = contrib.two_level_clustering
+
+    def spy(*args, **kwargs):
+        calls.append((args[1], args[2]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(contrib, "two_level_clustering", spy)
+    cents = train_coarse_centroids(data, 128)
+    assert calls == [(11, 128)]  # round(sqrt(128)) coarse clusters, split into 128
+    assert cents.shape == (128, 16) and np.allclose(np.linalg.norm(cents, axis=1), 1, atol=1e-5)
+    assert (data @ cents.T).max(axis=0).min() > 0.5  # every centroid sits near some data
+
+    def too_small(*args, **kwargs):  # faiss refuses more centroids than points in a coarse cluster
+        raise RuntimeError("'clus.k > 0' failed")
+
+    monkeypatch.setattr(contrib, "two_level_clustering", too_small)
+    fallback = train_coarse_centroids(data, 128)
+    assert fallback.shape == (128, 16) and np.allclose(np.linalg.norm(fallback, axis=1), 1, atol=1e-5)

@@ -23,13 +23,7 @@ from ibllm_agent.errors import (
     EmptyCacheError,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")  # see tests/conftest.py
 
 
 def pil_loader(payload):

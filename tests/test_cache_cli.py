@@ -12,9 +12,6 @@ pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
 from typer.testing import CliRunner
 
-from ibllm_agent.cli.cache import parse_size
-from ibllm_agent.errors import CacheError
-
 
 @pytest.fixture(autouse=True)
 def _restore_omp_env(monkeypatch):
@@ -120,14 +117,9 @@ def test_info_and_query_on_plain_faiss_index(app, tmp_path):
     assert res.exit_code == 2 and "--encoder" in res.output
 
 
-def test_parse_size():
-    assert parse_size("4G") == 4 * 2**30
-    assert parse_size("512MiB") == 512 * 2**20
-    assert parse_size("1.5gb") == int(1.5 * 2**30)
-    assert parse_size("1000") == 1000
-    assert parse_size(None) is None
-    with pytest.raises(CacheError):
-        parse_size("4 parsecs")
+def test_unreadable_memory_budget_is_a_clear_cli_error(app, images, tmp_path):
+    res = run(app, "cache", "build", images, "--out", tmp_path / "c", "--memory-budget", "4 parsecs")
+    assert res.exit_code == 2 and "invalid memory budget '4 parsecs'" in res.output
 
 
 def test_feature_file_cache_records_no_encoder(app, images, tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 
 from ibllm_agent.chat import ChatImageBindLLM
+from ibllm_agent.content import ContentPolicy
+from ibllm_agent.errors import ContentBlockError
 from ibllm_agent.testing import ScriptedGenerator
 
 # modality -> (block type, mime type, file name)
@@ -111,7 +113,9 @@ def test_every_block_form_reaches_the_generator(modality, form, samples, http_ba
     path = samples[modality]
     resolver = {f"id-{p.name}": p.read_bytes() for p in samples.values()}.get
     gen = ScriptedGenerator(["ok"])
-    chat = ChatImageBindLLM(model=gen, file_resolver=resolver, modality_weights={modality: 0.5})
+    # the test server is on 127.0.0.1: a private address the default policy refuses
+    policy = ContentPolicy.library(allow_private_network=True)
+    chat = ChatImageBindLLM(model=gen, file_resolver=resolver, modality_weights={modality: 0.5}, content_policy=policy)
     chat.invoke([HumanMessage(content=[{"type": "text", "text": "what is this?"}, _block(modality, form, path, http_base)])])
     [(prompt, media, _)] = gen.calls
     assert prompt == "what is this?"
@@ -121,6 +125,29 @@ def test_every_block_form_reaches_the_generator(modality, form, samples, http_ba
         assert Path(item.source) == path
     else:
         assert item.source == path.read_bytes()
+
+
+@pytest.mark.parametrize("form", ["path", "file_url", "http"])
+def test_server_content_policy_refuses_local_and_private_sources(form, samples, http_base):
+    gen = ScriptedGenerator(["ok"])
+    chat = ChatImageBindLLM(model=gen, content_policy=ContentPolicy.server())
+    block = _block("image", form, samples["image"], http_base)
+    with pytest.raises(ContentBlockError, match="not allowed"):
+        chat.invoke([HumanMessage(content=[{"type": "text", "text": "what is this?"}, block])])
+    assert gen.calls == []
+    # the default (library) policy still reads local files
+    if form != "http":
+        ChatImageBindLLM(model=gen).invoke([HumanMessage(content=[block])])
+        assert Path(gen.calls[0][1][0].source) == samples["image"]
+
+
+def test_fetch_limits_live_in_the_content_policy():
+    from ibllm_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="content_policy=ContentPolicy"):
+        ChatImageBindLLM(model=ScriptedGenerator(["ok"]), fetch_timeout=5)
+    chat = ChatImageBindLLM(model=ScriptedGenerator(["ok"]), content_policy=ContentPolicy(fetch_timeout=5))
+    assert chat.content_policy.fetch_timeout == 5 and chat.content_policy.allow_local_files
 
 
 @pytest.mark.parametrize("modality", list(KINDS))

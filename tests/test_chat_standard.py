@@ -116,7 +116,7 @@ class TestChatImageBindLLMIntegration(_Capabilities, ChatModelIntegrationTests):
                 self.status_code = 200
 
         monkeypatch.setattr(httpx, "get", lambda url, *a, **k: _Response(url))
-        monkeypatch.setattr(content, "_download", lambda url, limits: _sample_bytes(url))
+        monkeypatch.setattr(content, "safe_fetch", lambda url, **limits: _sample_bytes(url))
         content.FETCH_CACHE.clear()
         yield
         content.FETCH_CACHE.clear()  # no stand-in bodies cached under real URLs after the test

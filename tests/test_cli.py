@@ -22,8 +22,8 @@ from ibllm_agent import weights
 from ibllm_agent.cli import _register_all, app
 from ibllm_agent.weights import WeightFile, WeightSpec
 
-ALL_COMMANDS = ["chat", "run", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info"]
-PLANNED = ["serve", "ui", "train", "eval", "demo"]
+ALL_COMMANDS = ["chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info"]
+PLANNED = ["serve", "ui", "train", "demo"]
 BIN = Path(sys.executable).parent
 
 
@@ -97,7 +97,7 @@ def test_info_human_output(cli, tmp_path):
     (tmp_path / "whisper/base.pt.part").write_bytes(b"y" * 2000)  # an interrupted download
     result = _invoke(cli, "info", "--weights-dir", str(tmp_path), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "1 of 21 present" in result.output
+    assert "1 of 22 present" in result.output
     assert "(resumable)" in result.output  # the table may wrap the cell, so only its end is checked
     data = json.loads(_invoke(cli, "info", "--weights-dir", str(tmp_path), "--json").output)
     assert next(w for w in data["weights"] if w["name"] == "whisper_base")["partial_bytes"] == 2000
@@ -252,7 +252,7 @@ def test_python_m_info_with_empty_weights_dir(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert str(tmp_path / "w") in proc.stdout
-    assert "0 of 21 present" in proc.stdout
+    assert "0 of 22 present" in proc.stdout
 
 
 def test_ci_runs_the_readme_install_and_test_commands():

@@ -8,7 +8,7 @@ import sys
 
 import pexpect
 import pytest
-from test_agent_support import answer, install_fake_plugin, make_image, tool_step, use_plugin
+from agent_support import answer, install_fake_plugin, make_image, tool_step, use_plugin
 
 from ibllm_agent.agent import build_agent
 from ibllm_agent.testing import ScriptedGenerator

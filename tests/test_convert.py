@@ -369,6 +369,28 @@ def test_every_official_adapter_key_maps_to_the_7b_model(manifests_dir):
     assert len(mapped) == 720
 
 
+def test_key_maps_are_one_table_read_both_ways(manifests_dir):
+    """ours -> official is derived from the same templates: every official key round-trips, with the
+    same RoPE rows kind, and the rows kinds are exactly the q/k-row tensors."""
+    from ibllm_agent.model.convert import ours_key_to_official
+
+    manifest = json.loads((manifests_dir / "imagebind_llm_7b_adapter.json").read_text())
+    rows = {}
+    for key, _ in manifest_keys(manifest):
+        ours, kind = official_key_to_ours(key)
+        assert ours_key_to_official(ours) == (key, kind)
+        if kind:
+            rows[key.split(".", 3)[-1]] = kind
+    assert rows == {"attention.wq.bias": "q", "attention.lora_wq_l2.weight": "q", "attention.lora_wk_l2.weight": "k"}
+    assert official_key_to_ours("image_bind_norm_1.weight") == ("bind.norms.0.weight", None)
+    assert ours_base_to_meta("lm.model.layers.3.self_attn.k_proj.weight") == ("layers.3.attention.wk.weight", "k")
+    for bad in ("image_bind_norm_0.weight", "llama.layers.0.attention.wx.bias", "llama.layers.x.attention.gate"):
+        with pytest.raises(CheckpointError, match="unknown key"):
+            official_key_to_ours(bad)
+    with pytest.raises(CheckpointError, match="no counterpart in the Meta LLaMA layout"):
+        ours_base_to_meta("bind.proj.weight")
+
+
 def test_every_meta_llama_key_maps_to_the_7b_model(manifests_dir):
     from ibllm_agent.model.convert import meta_base_to_ours
 

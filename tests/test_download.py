@@ -1,14 +1,13 @@
 """The download manager against a real HTTP server on 127.0.0.1 (ephemeral port, own thread).
 
-The server (written here) supports ``Range``, can ignore it, cut a body short, fail with 404/503 and
-emulate the two Hugging Face endpoints ``fetch_weight`` uses. Every request is logged so tests can
+The server (written here) supports ``Range``, can ignore it, cut a body short and fail with 404/503.
+Hub-hosted files (huggingface_hub) are tested in tests/test_hub.py. Every request is logged so tests can
 assert which bytes were asked for and sent.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket
@@ -22,7 +21,7 @@ import pytest
 
 from ibllm_agent import weights
 from ibllm_agent.config import get_settings
-from ibllm_agent.download import download, fetch_weight, list_hf_repo, part_path
+from ibllm_agent.download import download, fetch_weight, part_path
 from ibllm_agent.errors import ChecksumError, DownloadError, ManualWeightMissingError
 from ibllm_agent.weights import WeightFile, WeightSpec
 
@@ -50,7 +49,6 @@ class ServerState:
     fail_times: int = 0  # ... for this many requests
     mid_body: Callable[[], None] | None = None  # called halfway through each body
     log: list[Logged] = field(default_factory=list)
-    hf_tree: dict[str, list[dict]] = field(default_factory=dict)  # "repo@rev" -> tree API answer
     etags: dict[str, str] = field(default_factory=dict)  # path -> ETag (honours If-Range)
 
 
@@ -99,14 +97,6 @@ def _make_handler(state: ServerState):
         def do_GET(self):
             if self.path.startswith("/loop"):  # a redirect loop
                 return self._send(302, b"", {"Location": "/loop"})
-            match = re.fullmatch(r"/api/models/(.+)/tree/([^/?]+)\?recursive=true", self.path)
-            if match:
-                key = f"{match.group(1)}@{match.group(2)}"
-                if key not in state.hf_tree:
-                    return self._send(404, b"{}")
-                return self._send(
-                    200, json.dumps(state.hf_tree[key]).encode(), {"Content-Type": "application/json"}
-                )
             if state.fail_times > 0:
                 state.fail_times -= 1
                 return self._send(state.fail_status or 500, b"try later")
@@ -325,130 +315,11 @@ def test_fetch_file_entry_verifies_skips_and_forces(server, tmp_path, monkeypatc
     assert len(server.log) == 3
 
 
-def test_fetch_hf_repo_entry_downloads_matching_files_with_lfs_checksums(server, tmp_path, monkeypatch):
-    unet = os.urandom(20_000)
-    files = {
-        "model_index.json": b'{"_class_name": "X"}',
-        "unet/config.json": b"{}",
-        "unet/diffusion_pytorch_model.safetensors": unet,
-        "unet/diffusion_pytorch_model.fp16.safetensors": b"fp16 duplicate",
-        "v1-5.ckpt": b"original checkpoint",
-    }
-    for rel, body in files.items():
-        server.files[f"/org/repo/resolve/main/{rel}"] = body
-    server.hf_tree["org/repo@main"] = [
-        {"type": "directory", "path": "unet"},
-        *[
-            {"type": "file", "path": rel, "size": len(body)}
-            if rel.endswith(".json")
-            else {
-                "type": "file",
-                "path": rel,
-                "size": 134,
-                "lfs": {"oid": hashlib.sha256(body).hexdigest(), "size": len(body)},
-            }
-            for rel, body in files.items()
-        ],
-    ]
-    monkeypatch.setenv("HF_ENDPOINT", server.base)
-    spec = WeightSpec(
-        name="test_repo",
-        kind="hf-repo",
-        path="diffusers/repo",
-        description="d",
-        licence="MIT",
-        source="s",
-        size_bytes=None,
-        repo_id="org/repo",
-        allow_patterns=("model_index.json", "*/config.json", "*/diffusion_pytorch_model.safetensors"),
-        required=("model_index.json", "unet/diffusion_pytorch_model.safetensors"),
-    )
-    monkeypatch.setitem(weights.WEIGHTS, "test_repo", spec)
-    settings = _settings(tmp_path)
-    with pytest.raises(weights.MissingWeightError, match="ibllm-agent download test_repo"):
-        weights.require("test_repo", settings)
-
-    root = fetch_weight("test_repo", settings, **FAST)
-    assert root == settings.weights_dir / "diffusers/repo"
-    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
-        "model_index.json",
-        "unet/config.json",
-        "unet/diffusion_pytorch_model.safetensors",
-    ]
-    assert (root / "unet/diffusion_pytorch_model.safetensors").read_bytes() == unet
-    assert weights.require("test_repo", settings) == root
-
-    # The Hub's LFS sha256 is enforced: a tampered file on the server is rejected, and a forced
-    # re-download that fails leaves the good copy in place (it is only ever replaced atomically).
-    server.files["/org/repo/resolve/main/unet/diffusion_pytorch_model.safetensors"] = os.urandom(20_000)
-    with pytest.raises(ChecksumError):
-        fetch_weight("test_repo", settings, force=True, **FAST)
-    assert (root / "unet/diffusion_pytorch_model.safetensors").read_bytes() == unet
-    assert not part_path(root / "unet/diffusion_pytorch_model.safetensors").exists()
-    (root / "unet/diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(ChecksumError):
-        fetch_weight("test_repo", settings, **FAST)
-    assert not (root / "unet/diffusion_pytorch_model.safetensors").exists()
-
-
-def test_fetch_hf_repo_entry_errors_and_offline_reuse(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", server.base)
-    spec = WeightSpec(
-        name="test_repo2",
-        kind="hf-repo",
-        path="diffusers/repo2",
-        description="d",
-        licence="MIT",
-        source="s",
-        size_bytes=None,
-        repo_id="org/repo2",
-        allow_patterns=("model_index.json", "unet/*"),
-        required=("model_index.json", "unet/config.json"),
-    )
-    monkeypatch.setitem(weights.WEIGHTS, "test_repo2", spec)
-    settings = _settings(tmp_path)
-    server.hf_tree["org/repo2@main"] = [{"type": "file", "path": "model_index.json", "size": 2}]
-    server.files["/org/repo2/resolve/main/model_index.json"] = b"{}"
-    with pytest.raises(DownloadError, match="lacks required file.*unet/config.json"):
-        fetch_weight("test_repo2", settings, **FAST)
-    server.hf_tree["org/repo2@main"] = [{"type": "file", "path": "README.md", "size": 2}]
-    with pytest.raises(DownloadError, match="no files matching"):
-        fetch_weight("test_repo2", settings, **FAST)
-
-    # A complete local copy is kept when the Hub cannot be reached; incomplete ones fail.
-    del server.hf_tree["org/repo2@main"]
-    root = settings.weights_dir / "diffusers/repo2"
-    (root / "unet").mkdir(parents=True)
-    (root / "model_index.json").write_text("{}")
-    with pytest.raises(DownloadError, match="cannot list org/repo2@main"):
-        fetch_weight("test_repo2", settings, **FAST)
-    (root / "unet/config.json").write_text("{}")
-    assert fetch_weight("test_repo2", settings, **FAST) == root
-
-
-def test_list_hf_repo_reports_unknown_repo_and_unsafe_paths(server, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", server.base)
-    with pytest.raises(DownloadError, match="cannot list org/nope@main.*404"):
-        list_hf_repo("org/nope", "main")
-    server.hf_tree["org/evil@main"] = [{"type": "file", "path": "../../outside.txt", "size": 1}]
-    with pytest.raises(DownloadError, match="unsafe file path '../../outside.txt'"):
-        list_hf_repo("org/evil", "main")
-
-
 def test_fetch_manual_entry_explains(tmp_path):
     settings = _settings(tmp_path)
     with pytest.raises(ManualWeightMissingError, match="cannot be downloaded automatically") as info:
         fetch_weight("llama_7b", settings, **FAST)
     assert str(settings.weights_dir / "llama") in str(info.value)
-
-
-def test_hf_token_is_sent_only_to_the_hub(server, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    monkeypatch.setenv("HF_ENDPOINT", server.base)
-    download(f"{server.base}/payload.bin", tmp_path / "a.bin", **FAST)
-    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
-    download(f"{server.base}/payload.bin", tmp_path / "b.bin", **FAST)
-    assert [r.auth for r in server.log] == ["Bearer hf_secret", None]
 
 
 def test_second_concurrent_download_is_refused(server, tmp_path):
@@ -493,13 +364,6 @@ def test_redirect_loop_is_typed_and_not_retried(server, tmp_path):
         download(f"{server.base}/loop", tmp_path / "x.bin", retries=3, **FAST)
     assert len(server.log) == 21  # one request plus httpx's 20 redirects: no retries on top
     assert not (tmp_path / "x.bin").exists()
-
-
-def test_hf_listing_that_is_not_a_file_list_is_typed(server, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", server.base)
-    server.hf_tree["org/odd@main"] = {"error": "Repository not found"}
-    with pytest.raises(DownloadError, match="cannot list org/odd@main.*not a list of files"):
-        list_hf_repo("org/odd", "main")
 
 
 def test_lock_removed_by_previous_holder_is_taken_on_the_live_file(server, tmp_path, monkeypatch):

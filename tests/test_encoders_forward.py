@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import SCALES
 
 from ibllm_agent.encoders import ImageBind
 from ibllm_agent.errors import ConfigError, EncoderInputError, IbllmError
@@ -15,30 +16,8 @@ from ibllm_agent.errors import ConfigError, EncoderInputError, IbllmError
 SOT, EOT = 49406, 49407
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Test machines here are 2 shared, busy cores: OpenMP barriers between two threads make the many
-    # small kernels of farthest-point sampling crawl (10x slower than one thread). Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
-
-SCALES = {
-    "vision": 1.0,
-    "text": 1 / 0.07,
-    "audio": 20.0,
-    "depth": 5.0,
-    "thermal": 10.0,
-    "imu": 5.0,
-    "point": 1.0,
-}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return ImageBind.from_preset("tiny_w3d", seed=0)
 
 
 def _text(*seqs):
@@ -63,13 +42,13 @@ def _inputs(b=2, seed=0):
 
 
 @torch.inference_mode()
-def test_every_modality_batch2_shape_and_scale(model):
-    assert not model.training  # from_preset returns eval mode: the encoder is used frozen
+def test_every_modality_batch2_shape_and_scale(tiny_imagebind):
+    assert not tiny_imagebind.training  # from_preset returns eval mode: the encoder is used frozen
     inputs = _inputs()
-    out, pre = model(inputs, prenorm=True)
+    out, pre = tiny_imagebind(inputs, prenorm=True)
     assert set(out) == set(pre) == set(inputs)
     for m, z in out.items():
-        assert z.shape == (2, model.out_dim) == pre[m].shape, m
+        assert z.shape == (2, tiny_imagebind.out_dim) == pre[m].shape, m
         assert z.dtype == torch.float32
         norms = z.norm(dim=-1)
         if m == "audio":
@@ -79,15 +58,15 @@ def test_every_modality_batch2_shape_and_scale(model):
             torch.testing.assert_close(norms, torch.full((2,), SCALES[m]), rtol=1e-5, atol=1e-5)
             # postprocessed = normalize(prenorm) * scale
             torch.testing.assert_close(z, F.normalize(pre[m], dim=-1) * SCALES[m], rtol=1e-5, atol=1e-5)
-        assert model.logit_scale(m) == pytest.approx(SCALES[m], rel=1e-6)
+        assert tiny_imagebind.logit_scale(m) == pytest.approx(SCALES[m], rel=1e-6)
 
 
 @torch.inference_mode()
-def test_batch_equals_single(model):
+def test_batch_equals_single(tiny_imagebind):
     inputs = _inputs(b=3, seed=1)
-    batched = model(inputs)
+    batched = tiny_imagebind(inputs)
     for i in range(3):
-        single = model({m: x[i : i + 1] for m, x in inputs.items()})
+        single = tiny_imagebind({m: x[i : i + 1] for m, x in inputs.items()})
         for m in inputs:
             torch.testing.assert_close(single[m][0], batched[m][i], rtol=1e-4, atol=1e-5, msg=m)
     # the rows really differ (a constant output would pass the check above)
@@ -95,58 +74,58 @@ def test_batch_equals_single(model):
 
 
 @torch.inference_mode()
-def test_video_clip_average_equals_mean_of_clip_embeddings(model):
+def test_video_clip_average_equals_mean_of_clip_embeddings(tiny_imagebind):
     g = torch.Generator().manual_seed(2)
     video = torch.randn(2, 4, 3, 2, 224, 224, generator=g)
-    z, pre = model.encode("video", video, prenorm=True)
+    z, pre = tiny_imagebind.encode("video", video, prenorm=True)
     clips = video.reshape(8, 3, 2, 224, 224)
     # clips as a 1-clip batch each: [8, 1, 3, 2, 224, 224]
-    per_clip, per_clip_pre = model({"vision": clips[:, None]}, prenorm=True)
+    per_clip, per_clip_pre = tiny_imagebind({"vision": clips[:, None]}, prenorm=True)
     torch.testing.assert_close(z, per_clip["vision"].reshape(2, 4, -1).mean(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pre, per_clip_pre["vision"].reshape(2, 4, -1).mean(1), rtol=1e-5, atol=1e-6)
     assert (z.norm(dim=-1) < 1.0 - 1e-6).all()  # mean of distinct unit vectors, not re-normalised
 
 
 @torch.inference_mode()
-def test_audio_clip_average(model):
+def test_audio_clip_average(tiny_imagebind):
     g = torch.Generator().manual_seed(3)
     audio = torch.randn(2, 3, 1, 128, 204, generator=g)
-    z = model.encode("audio", audio)
-    per_clip = model.encode("audio", audio.reshape(6, 1, 128, 204))
+    z = tiny_imagebind.encode("audio", audio)
+    per_clip = tiny_imagebind.encode("audio", audio.reshape(6, 1, 128, 204))
     torch.testing.assert_close(z, per_clip.reshape(2, 3, -1).mean(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(per_clip.norm(dim=-1), torch.full((6,), 20.0), rtol=1e-5, atol=1e-4)
 
 
 @torch.inference_mode()
-def test_image_is_a_two_frame_clip_of_itself(model):
+def test_image_is_a_two_frame_clip_of_itself(tiny_imagebind):
     img = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
-    as_image = model.encode("image", img)
-    as_clip = model.encode("video", img[:, None, :, None].expand(-1, -1, -1, 2, -1, -1))
+    as_image = tiny_imagebind.encode("image", img)
+    as_clip = tiny_imagebind.encode("video", img[:, None, :, None].expand(-1, -1, -1, 2, -1, -1))
     torch.testing.assert_close(as_image, as_clip, rtol=1e-5, atol=1e-6)
     # the two frames are really both seen: changing frame 2 changes the output
     clip = img[:, None, :, None].repeat(1, 1, 1, 2, 1, 1)
     clip[:, :, :, 1] = 0
-    assert (model.encode("video", clip) - as_image).abs().max() > 1e-4
+    assert (tiny_imagebind.encode("video", clip) - as_image).abs().max() > 1e-4
 
 
 @torch.inference_mode()
-def test_text_reads_eot_token_through_causal_mask(model):
+def test_text_reads_eot_token_through_causal_mask(tiny_imagebind):
     base = _text([320, 1125, 539])
-    z = model.encode("text", base)
+    z = tiny_imagebind.encode("text", base)
     after_eot = base.clone()
     after_eot[0, 10:20] = 1234  # tokens after EOT are invisible under the causal mask
-    torch.testing.assert_close(model.encode("text", after_eot), z)
+    torch.testing.assert_close(tiny_imagebind.encode("text", after_eot), z)
     before = base.clone()
     before[0, 2] = 999
-    assert (model.encode("text", before) - z).abs().max() > 1e-4
+    assert (tiny_imagebind.encode("text", before) - z).abs().max() > 1e-4
 
 
 @torch.inference_mode()
-def test_imu_patches_are_channel_major(model):
-    pre = model.modality_preprocessors["imu"]
+def test_imu_patches_are_channel_major(tiny_imagebind):
+    pre = tiny_imagebind.modality_preprocessors["imu"]
     x = torch.randn(2, 6, 2000, generator=torch.Generator().manual_seed(5))
     tokens = pre(x)
-    assert tokens.shape == (2, 251, model.config.imu.width)
+    assert tokens.shape == (2, 251, tiny_imagebind.config.imu.width)
     p = 37  # patch p holds samples 8p..8p+7 of all 6 channels, channel by channel
     flat = x[:, :, 8 * p : 8 * p + 8].reshape(2, 48)
     manual = pre.imu_stem.norm_layer(flat @ pre.imu_stem.proj.weight.T) + pre.pos_embed[0, 1 + p]
@@ -201,9 +180,9 @@ def test_bfloat16_model():
         ("smell", torch.zeros(1), "unknown modality 'smell'"),
     ],
 )
-def test_bad_inputs_raise_typed_errors(model, modality, x, fragment):
+def test_bad_inputs_raise_typed_errors(tiny_imagebind, modality, x, fragment):
     with pytest.raises(EncoderInputError) as err:
-        model.encode(modality, x)
+        tiny_imagebind.encode(modality, x)
     assert fragment in str(err.value)
     assert isinstance(err.value, IbllmError)
 
@@ -219,12 +198,12 @@ def test_forward_rejects_media_names_and_missing_point_branch():
 
 
 @torch.inference_mode()
-def test_tiny_forward_is_fast(model):
+def test_tiny_forward_is_fast(tiny_imagebind):
     import time
 
     inputs = _inputs()
-    model(inputs)  # warm-up
+    tiny_imagebind(inputs)  # warm-up
     t = time.perf_counter()
-    model(inputs)
+    tiny_imagebind(inputs)
     assert time.perf_counter() - t < 3.0  # < 1 s alone; slack for the shared 2-core machine
-    assert math.isfinite(float(sum(v.sum() for v in model(inputs).values())))
+    assert math.isfinite(float(sum(v.sum() for v in tiny_imagebind(inputs).values())))

@@ -7,37 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from ibllm_agent.encoders import ImageBind
-
 # golden file prefix -> our media modality
 PREFIXES = {"vision": "image", "video": "video", "audio": "audio", "text": "text", "point": "point"}
 SCALE = {"image": 1.0, "text": 1 / 0.07, "point": 1.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # 2 shared busy cores: one intra-op thread is much faster for the small kernels of FPS.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return ImageBind.from_preset("tiny_w3d", seed=0)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 @torch.inference_mode()
-def test_every_golden_loader_output_encodes(model, golden_dir):
+def test_every_golden_loader_output_encodes(tiny_imagebind, golden_dir):
     files = sorted(p for p in golden_dir.glob("*.npy") if p.name.split("__")[0] in PREFIXES)
     assert len(files) >= 15
     seen = set()
     for path in files:
         modality = PREFIXES[path.name.split("__")[0]]
         x = torch.from_numpy(np.load(path))
-        z = model.encode(modality, x)
-        assert z.shape == (x.shape[0], model.out_dim), path.name
+        z = tiny_imagebind.encode(modality, x)
+        assert z.shape == (x.shape[0], tiny_imagebind.out_dim), path.name
         assert torch.isfinite(z).all(), path.name
         if modality in SCALE:  # no clip axis: exact norm = logit scale
             torch.testing.assert_close(
@@ -48,19 +35,19 @@ def test_every_golden_loader_output_encodes(model, golden_dir):
         seen.add(modality)
     assert seen == set(PREFIXES.values())
     # different texts give different embeddings (the EOT token is read, not a fixed position)
-    batch = model.encode("text", torch.from_numpy(np.load(golden_dir / "text__batch4.npy")))
+    batch = tiny_imagebind.encode("text", torch.from_numpy(np.load(golden_dir / "text__batch4.npy")))
     assert torch.cdist(batch, batch).triu(1)[torch.triu(torch.ones(4, 4), 1).bool()].min() > 1e-3
 
 
 @torch.inference_mode()
-def test_media_load_feeds_the_encoder(model, golden_dir):
+def test_media_load_feeds_the_encoder(tiny_imagebind, golden_dir):
     media = pytest.importorskip("ibllm_agent.media")
     if not hasattr(media, "load"):
         pytest.skip("ibllm_agent.media.load is not available")
     img = media.load(golden_dir / "media" / "dog_image.jpg", "image")
     ids = media.load("A dog.", "text")
     cloud = media.load(golden_dir / "media" / "airplane.pt", "point")
-    z = model({"vision": img[None], "text": ids[None], "point": cloud[None]})
+    z = tiny_imagebind({"vision": img[None], "text": ids[None], "point": cloud[None]})
     assert {k: tuple(v.shape) for k, v in z.items()} == {
-        k: (1, model.out_dim) for k in ("vision", "text", "point")
+        k: (1, tiny_imagebind.out_dim) for k in ("vision", "text", "point")
     }

@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import SCALES
 
 from ibllm_agent.encoders import ImageBind
-
-SCALES = {
-    "vision": 1.0,
-    "text": 1 / 0.07,
-    "audio": 20.0,
-    "depth": 5.0,
-    "thermal": 10.0,
-    "imu": 5.0,
-    "point": 1.0,
-}
 
 
 @pytest.mark.slow

@@ -13,15 +13,7 @@ from ibllm_agent.encoders.config import PointConfig, TrunkConfig
 from ibllm_agent.encoders.layers import Block, DropPath, Trunk
 from ibllm_agent.encoders.pointbind import PointBlock, PointPatchEncoder
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Test machines here are 2 shared, busy cores: OpenMP barriers between two threads make the many
-    # small kernels of farthest-point sampling crawl (10x slower than one thread). Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 def _layer_norm(x, ln):

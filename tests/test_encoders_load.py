@@ -12,14 +12,7 @@ IMG = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 PTS = torch.randn(1, 8192, 3, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Test machines here are 2 shared, busy cores: OpenMP barriers between two threads make the many
-    # small kernels of farthest-point sampling crawl (10x slower than one thread). Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see tests/conftest.py
 
 
 class Payload:

@@ -168,7 +168,7 @@ def test_point_array_element_limit_is_checked_before_copying(monkeypatch):
 
 
 def test_video_limits(tmp_path):
-    from test_media_video import write_video
+    from helpers import write_video
 
     path = write_video(tmp_path / "v.mp4", frames=30, fps=10, size=(64, 48))
     with pytest.raises(MediaTooLargeError, match="above max_duration_s=2"):

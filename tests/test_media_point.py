@@ -42,6 +42,43 @@ def test_ply_reader(tmp_path, cloud, fmt):
     assert media.infer_modality(path.read_bytes()) == "point"
 
 
+def _pcd(pts, mode):
+    """A PCD v0.7 file with x y z, an rgb float and a 2-byte padding field between them."""
+    head = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\nFIELDS x _ y z rgb\nSIZE 4 2 4 4 4\n"
+            f"TYPE F U F F F\nCOUNT 1 1 1 1 1\nWIDTH {len(pts)}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\n"
+            f"POINTS {len(pts)}\nDATA {mode}\n")
+    if mode == "ascii":
+        return (head + "".join(f"{x!r} 0 {y!r} {z!r} 4.2108e+06\n" for x, y, z in pts.tolist())).encode()
+    rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("pad", "<u2"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4")])
+    rec["x"], rec["y"], rec["z"], rec["pad"], rec["rgb"] = pts[:, 0], pts[:, 1], pts[:, 2], 65535, 1.5
+    return head.encode() + rec.tobytes()
+
+
+@pytest.mark.parametrize("mode", ["ascii", "binary"])
+def test_pcd_reader(tmp_path, cloud, mode):
+    path = tmp_path / "scan.pcd"
+    path.write_bytes(_pcd(cloud, mode))
+    expected = cloud if mode == "ascii" else cloud.astype(np.float32)
+    np.testing.assert_allclose(read_points(path, LIMITS).numpy(), expected, rtol=1e-12 if mode == "ascii" else 0)
+    # bytes without a name are recognised by the header; the modality is inferred from the extension
+    np.testing.assert_allclose(read_points(path.read_bytes(), LIMITS).numpy(), expected, rtol=1e-6)
+    assert media.infer_modality(str(path)) == "point"
+    assert media.load(path).shape == (8192, 3)
+
+
+def test_pcd_errors(tmp_path, cloud):
+    bad = tmp_path / "bad.pcd"
+    bad.write_bytes(_pcd(cloud, "binary_compressed"))
+    with pytest.raises(media.UnknownFormatError, match="binary_compressed"):
+        read_points(bad, LIMITS)
+    bad.write_bytes(_pcd(cloud, "binary")[:-100])
+    with pytest.raises(media.UnreadableMediaError, match="truncated"):
+        read_points(bad, LIMITS)
+    bad.write_bytes(b"VERSION 0.7\nFIELDS a b\nSIZE 4 4\nTYPE F F\nCOUNT 1 1\nPOINTS 1\nDATA ascii\n1 2\n")
+    with pytest.raises(media.UnreadableMediaError, match="no x/y/z"):
+        read_points(bad, LIMITS)
+
+
 def test_text_and_obj_readers(tmp_path, cloud):
     (tmp_path / "c.xyz").write_text("x y z\n" + "".join(f"{x},{y},{z},0.1,0.2,0.3\n" for x, y, z in cloud))
     (tmp_path / "c.pts").write_text(f"{len(cloud)}\n" + "".join(f"{x} {y} {z}\n" for x, y, z in cloud))

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
+from helpers import write_video
 
 from ibllm_agent import media
 from ibllm_agent.media.video import decode_video_clips, short_side_scale, spatial_crops
-
-
-def write_video(path, frames: int, fps: int = 10, size=(64, 48), gop: int = 10, bframes: int = 0, crf: int = 0):
-    """H.264 mp4 whose frame k carries k in binary: 16 black/white 4×4 blocks in rows 0..7
-    (8 blocks per row, so width ≥ 32)."""
-    import av
-
-    w, h = size
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "g": str(gop), "bf": str(bframes)}
-        for k in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            for bit in range(16):
-                if k >> bit & 1:
-                    row, col = divmod(bit, 8)
-                    img[4 * row : 4 * row + 4, 4 * col : 4 * col + 4] = 255
-            img[8:, :, 1] = (k * 7) % 256
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
 
 
 def _frame_index(frame_chw) -> int:

@@ -25,6 +25,7 @@ NAMES = [
     "sam_vit_l",
     "sam_vit_b",
     "sd_inpainting",
+    "sd15",
     "sd21_unclip",
     "instruct_pix2pix",
     "whisper_tiny",
@@ -111,6 +112,9 @@ def test_require_multi_file_entry_needs_every_file(settings):
     with pytest.raises(MissingWeightError, match="GroundingDINO_SwinT_OGC.py"):
         require("groundingdino_swint_ogc", settings)
     _touch(settings.weights_dir / "groundingdino/GroundingDINO_SwinT_OGC.py")
+    with pytest.raises(MissingWeightError, match="bert-base-uncased-vocab.txt"):
+        require("groundingdino_swint_ogc", settings)
+    _touch(settings.weights_dir / "groundingdino/bert-base-uncased-vocab.txt")
     assert require("groundingdino_swint_ogc", settings).name == "groundingdino_swint_ogc.pth"
 
 

@@ -7,7 +7,8 @@ both are kept verbatim here:
 - ``RUNTIME_DESCRIPTIONS``: what the GPT4Tools demo registers (``gpt4tools/tools.py``; 24 tools,
   trailing spaces included). The default description a registered tool carries.
 - ``TRAINING_DESCRIPTIONS``: the ``TOOLS`` dict the training data was generated with (23 tools;
-  "Generate Image Condition On Line Image" was never seen in training). Use these for fidelity
+  "Generate Image Condition On Line Image" was never seen in training): derived from the runtime
+  texts (the same words without the demo's trailing spaces). Use these for fidelity
   with the fine-tuned weights (``description_variant="training"`` in the registry).
 - ``TRAINING_OUTPUT_FORMAT``: what the training data put in the ``Observation:`` for each tool
   (``image_path`` = the name of a new image, ``[output_from_..._tool]`` = a text result).
@@ -178,143 +179,17 @@ RUNTIME_DESCRIPTIONS: dict[str, str] = {
     ),
 }
 
+# fmt: on
+
+# The training data's ``TOOLS`` dict holds the same texts as the demo, minus the demo's trailing
+# spaces, and lacks the one tool never seen in training. Derived, so the two cannot drift apart
+# (tests/test_agent_catalog.py compares both with the reference JSON).
+NOT_IN_TRAINING: tuple[str, ...] = ("Generate Image Condition On Line Image",)
 TRAINING_DESCRIPTIONS: dict[str, str] = {
-    'Detect the Give Object': (
-        'useful when you only want to detect or find out given objects in the pictureThe input to'
-        ' this tool should be a comma separated string of two, representing the image_path, the'
-        ' text description of the object to be found'
-    ),
-    'Segment the Image': (
-        'useful when you want to segment all the part of the image, but not segment a certain'
-        ' object.like: segment all the object in this image, or generate segmentations on this'
-        ' image, or segment the image,or perform segmentation on this image, or segment all the'
-        ' object in this image.The input to this tool should be a string, representing the'
-        ' image_path'
-    ),
-    'Get Photo Description': (
-        'useful when you want to know what is inside the photo. receives image_path as input. The'
-        ' input to this tool should be a string, representing the image_path.'
-    ),
-    'Generate Image From User Input Text': (
-        'useful when you want to generate an image from a user input text and save it to a file.'
-        ' like: generate an image of an object or something, or generate an image that includes'
-        ' some objects. The input to this tool should be a string, representing the text used to'
-        ' generate image.'
-    ),
-    'Edge Detection On Image': (
-        'useful when you want to detect the edge of the image. like: detect the edges of this'
-        ' image, or canny detection on image, or perform edge detection on this image, or detect'
-        ' the canny image of this image. The input to this tool should be a string, representing'
-        ' the image_path'
-    ),
-    'Generate Image Condition On Canny Image': (
-        'useful when you want to generate a new real image from both the user description and a'
-        ' canny image. like: generate a real image of a object or something from this canny'
-        ' image, or generate a new real image of a object or something from this edge image. The'
-        ' input to this tool should be a comma separated string of two, representing the'
-        ' image_path and the user description.'
-    ),
-    'Predict Depth On Image': (
-        'useful when you want to detect depth of the image. like: generate the depth from this'
-        ' image, or detect the depth map on this image, or predict the depth for this image. The'
-        ' input to this tool should be a string, representing the image_path'
-    ),
-    'Generate Image Condition On Depth': (
-        'useful when you want to generate a new real image from both the user description and'
-        ' depth image. like: generate a real image of a object or something from this depth'
-        ' image, or generate a new real image of a object or something from the depth map. The'
-        ' input to this tool should be a comma separated string of two, representing the'
-        ' image_path and the user description'
-    ),
-    'Answer Question About The Image': (
-        'useful when you need an answer for a question based on an image. like: what is the'
-        ' background color of the last image, how many cats in this figure, what is in this'
-        ' figure. The input to this tool should be a comma separated string of two, representing'
-        ' the image_path and the question'
-    ),
-    'Instruct Image Using Text': (
-        'useful when you want to the style of the image to be like the text. like: make it look'
-        ' like a painting. or make it like a robot. The input to this tool should be a comma'
-        ' separated string of two, representing the image_path and the text.'
-    ),
-    'Sketch Detection On Image': (
-        'useful when you want to generate a scribble of the image. like: generate a scribble of'
-        ' this image, or generate a sketch from this image, detect the sketch from this image.'
-        ' The input to this tool should be a string, representing the image_path'
-    ),
-    'Generate Image Condition On Sketch Image': (
-        'useful when you want to generate a new real image from both the user description and a'
-        ' scribble image or a sketch image. The input to this tool should be a comma separated'
-        ' string of two, representing the image_path and the user description'
-    ),
-    'Generate Image Condition On Segmentations': (
-        'useful when you want to generate a new real image from both the user description and'
-        ' segmentations. like: generate a real image of a object or something from this'
-        ' segmentation image, or generate a new real image of a object or something from these'
-        ' segmentations. The input to this tool should be a comma separated string of two,'
-        ' representing the image_path and the user description'
-    ),
-    'Pose Detection On Image': (
-        'useful when you want to detect the human pose of the image. like: generate human poses'
-        ' of this image, or generate a pose image from this image. The input to this tool should'
-        ' be a string, representing the image_path'
-    ),
-    'Generate Image Condition On Pose Image': (
-        'useful when you want to generate a new real image from both the user description and a'
-        ' human pose image. like: generate a real image of a human from this human pose image, or'
-        ' generate a new real image of a human from this pose. The input to this tool should be a'
-        ' comma separated string of two, representing the image_path and the user description'
-    ),
-    'Hed Detection On Image': (
-        'useful when you want to detect the soft hed boundary of the image. like: detect the soft'
-        ' hed boundary of this image, or hed boundary detection on image, or perform hed boundary'
-        ' detection on this image, or detect soft hed boundary image of this image. The input to'
-        ' this tool should be a string, representing the image_path'
-    ),
-    'Generate Image Condition On Soft Hed Boundary Image': (
-        'useful when you want to generate a new real image from both the user description and a'
-        ' soft hed boundary image. like: generate a real image of a object or something from this'
-        ' soft hed boundary image, or generate a new real image of a object or something from'
-        ' this hed boundary. The input to this tool should be a comma separated string of two,'
-        ' representing the image_path and the user description'
-    ),
-    'Predict Normal Map On Image': (
-        'useful when you want to detect norm map of the image. like: generate normal map from'
-        ' this image, or predict normal map of this image. The input to this tool should be a'
-        ' string, representing the image_path'
-    ),
-    'Generate Image Condition On Normal Map': (
-        'useful when you want to generate a new real image from both the user description and'
-        ' normal map. like: generate a real image of a object or something from this normal map,'
-        ' or generate a new real image of a object or something from the normal map. The input to'
-        ' this tool should be a comma separated string of two, representing the image_path and'
-        ' the user description'
-    ),
-    'Line Detection On Image': (
-        'useful when you want to detect the straight line of the image. like: detect the straight'
-        ' lines of this image, or straight line detection on image, or perform straight line'
-        ' detection on this image, or detect the straight line image of this image. The input to'
-        ' this tool should be a string, representing the image_path'
-    ),
-    'Segment the given object': (
-        'useful when you only want to segment the certain objects in the pictureaccording to the'
-        ' given textlike: segment the cat,or can you segment an obeject for meThe input to this'
-        ' tool should be a comma separated string of two, representing the image_path, the text'
-        ' description of the object to be found'
-    ),
-    'Remove Something From The Photo': (
-        'useful when you want to remove and object or something from the photo from its'
-        ' description or location. The input to this tool should be a comma separated string of'
-        ' two, representing the image_path and the object need to be removed.'
-    ),
-    'Replace Something From The Photo': (
-        'useful when you want to replace an object from the object description or location with'
-        ' another object from its description. The input to this tool should be a comma separated'
-        ' string of three, representing the image_path, the object to be replaced, the object to'
-        ' be replaced with'
-    ),
+    name: text.rstrip() for name, text in RUNTIME_DESCRIPTIONS.items() if name not in NOT_IN_TRAINING
 }
 
+# fmt: off
 TRAINING_OUTPUT_FORMAT: dict[str, str] = {
     'Detect the Give Object': '[output_from_detection_tool]',
     'Segment the Image': 'image_path',

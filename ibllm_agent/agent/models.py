@@ -18,7 +18,6 @@ OOM), else are measured after loading (parameters + buffers of a torch module, `
 from __future__ import annotations
 
 import gc
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -26,27 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ibllm_agent.errors import ConfigError, ModelBudgetError, ToolRegistryError
+from ibllm_agent.errors import ModelBudgetError, ToolRegistryError
+from ibllm_agent.sizes import parse_size
 
 __all__ = ["ModelPool", "ModelSpec", "measure_bytes", "parse_size"]
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(size: float | str | None) -> int | None:
-    """``"8GiB"`` / ``"512MB"`` / ``1024`` → bytes; ``None`` → no budget."""
-    if size is None:
-        return None
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        if size < 0:
-            raise ConfigError(f"memory budget must be >= 0, got {size}")
-        return int(size)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(size))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"invalid memory size {size!r}: use bytes or a number with KB/MB/GB/KiB/MiB/GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
 
 def measure_bytes(obj: Any) -> int:
     """Memory held by a loaded model: torch parameters + buffers, ``.nbytes`` or ``.size_bytes``."""

@@ -205,6 +205,24 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
     return ChatImageBindLLM(model_dir=str(path), cache_dir=cache)
 
 
+def _default_tools(chat: Any) -> list[Any]:
+    """Installed tools (entry points) plus the built-in vision tools that can run here (weights
+    present or none needed); an installed tool with a built-in tool's name replaces it."""
+    from ibllm_agent.agent.registry import default_registry
+    from ibllm_agent.tools import default_tools
+
+    installed = default_registry().tools()
+    names = {t.name for t in installed}
+    from ibllm_agent.types import TextGenerator
+
+    generator = getattr(chat, "model", None)
+    if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
+        generator = None
+    cache = getattr(generator, "visual_cache", None)  # the model's visual cache also enhances any-to-image
+    builtin = default_tools(generator=generator, cache=cache, available_only=True)
+    return installed + [t for t in builtin if t.name not in names]
+
+
 def _resolve_tools(tools: Any) -> list[Any]:
     from langchain_core.tools import BaseTool
 
@@ -547,7 +565,10 @@ def build_agent(
         model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, ``"tiny"``,
             ``"scripted:PATH.json"`` or a saved model folder (see ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
-            (tools of installed packages, entry-point group ``ibllm_agent.tools``); ``[]`` = none.
+            (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in
+            vision tools that can run here (``ibllm_agent.tools.default_tools(available_only=True)``:
+            weights present or none needed; the description/VQA tools are answered by this chat
+            model's generator); ``[]`` = none.
         memory: ``"sqlite:///PATH"`` (default: ``Settings.memory_url``, under the workspace),
             ``"postgres://…"`` (extra ``[serve]``), ``"memory"``, or a LangGraph checkpointer.
         workspace: the root folder for thread files (default ``Settings.workspace_dir``).
@@ -592,8 +613,8 @@ def build_agent(
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
-        tool_list = _resolve_tools(tools)
         chat = load_chat_model(model, cache_dir)
+        tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
         graph = create_agent(
             chat,
             tool_list,

@@ -28,11 +28,13 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ibllm_agent.errors import WorkspaceError, WorkspaceFileNotFoundError
+from ibllm_agent.media.formats import extension_modality
 
 __all__ = [
     "FOLDERS",
@@ -363,20 +365,11 @@ def _describe(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
-_EXT_MODALITY = {
-    **{e: "image" for e in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")},
-    **{e: "audio" for e in (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")},
-    **{e: "video" for e in (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")},
-    **{e: "point" for e in (".ply", ".pts", ".xyz", ".obj", ".npy", ".pt")},
-    **{e: "text" for e in (".txt", ".md")},
-}
-
-
 def _infer_modality(source: Any) -> str:
     """Modality of an attachment: the media package's detector, else the file extension."""
     try:
         from ibllm_agent.media import infer_modality
-    except ImportError:  # media package absent in a trimmed install: fall back to extensions
+    except ImportError:  # the loaders' dependencies absent in a trimmed install: extensions only
         infer_modality = None
     if infer_modality is not None:
         try:
@@ -385,8 +378,8 @@ def _infer_modality(source: Any) -> str:
             found = None
         if found:
             return str(found)
-    if isinstance(source, Path) and source.suffix.lower() in _EXT_MODALITY:
-        return _EXT_MODALITY[source.suffix.lower()]
+    if isinstance(source, Path) and extension_modality(source) not in (None, "array"):
+        return str(extension_modality(source))
     try:
         from PIL import Image
 
@@ -409,32 +402,8 @@ def _as_file(source: Any, suffix: str) -> tuple[Path, bool]:
     raise WorkspaceError(f"unsupported attachment source {_describe(source)}: pass a path or bytes")
 
 
-def _write_image(source: Any, dest: Path) -> None:
-    from PIL import Image, ImageOps
-
-    if isinstance(source, Image.Image):
-        img = source
-    elif isinstance(source, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(bytes(source)))
-    elif isinstance(source, Path):
-        img = Image.open(source)
-    else:
-        import numpy as np
-
-        arr = np.asarray(source)
-        if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
-            arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        img = Image.fromarray(arr.squeeze())
-    img.load()
-    img = ImageOps.exif_transpose(img).convert("RGB")
-    img = img.resize(gpt4tools_image_size(*img.size))
-    img.save(dest, "PNG")
-
-
-def _write_sensor_image(source: Any, dest: Path) -> None:
-    # Depth / thermal maps keep their resolution and bit depth (no GPT4Tools resize, no RGB).
+def _open_image(source: Any, from_array: Callable[[Any], Any]) -> Any:
+    """A loaded PIL image from a PIL image, encoded bytes or a path; arrays go through ``from_array``."""
     from PIL import Image
 
     if isinstance(source, Image.Image):
@@ -444,11 +413,41 @@ def _write_sensor_image(source: Any, dest: Path) -> None:
     elif isinstance(source, Path):
         img = Image.open(source)
     else:
-        import numpy as np
-
-        img = Image.fromarray(np.asarray(source).squeeze())
+        img = from_array(source)
     img.load()
+    return img
+
+
+def _rgb_from_array(source: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(source)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return Image.fromarray(arr.squeeze())
+
+
+def _write_image(source: Any, dest: Path) -> None:
+    from PIL import ImageOps
+
+    img = _open_image(source, _rgb_from_array)
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = img.resize(gpt4tools_image_size(*img.size))
     img.save(dest, "PNG")
+
+
+def _write_sensor_image(source: Any, dest: Path) -> None:
+    # Depth / thermal maps keep their resolution and bit depth (no GPT4Tools resize, no RGB).
+    def as_is(array: Any) -> Any:
+        import numpy as np
+        from PIL import Image
+
+        return Image.fromarray(np.asarray(array).squeeze())
+
+    _open_image(source, as_is).save(dest, "PNG")
 
 
 def _write_audio(source: Any, dest: Path) -> None:

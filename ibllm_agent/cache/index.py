@@ -161,36 +161,30 @@ def _sample_rows(features: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
 
 
 def train_coarse_centroids(sample: np.ndarray, nlist: int, seed: int = 0) -> np.ndarray:
-    """Two-level spherical k-means: [S,D] float32 sample → [nlist,D] unit centroids."""
+    """Spherical k-means centroids [nlist,D] (unit rows) of a float32 sample [S,D].
+
+    Above 64 lists faiss's own two-level clustering (``faiss.contrib.clustering``: √nlist coarse
+    clusters, each split into sub-clusters in proportion to its size) — far faster than one k-means
+    with nlist centroids; plain ``faiss.Kmeans`` below that, or when a coarse cluster is too small
+    for its share of centroids (faiss refuses to make more centroids than points).
+    """
     import faiss
+    from faiss.contrib.clustering import two_level_clustering
 
     d = sample.shape[1]
+    args = {"spherical": True, "seed": seed, "verbose": False, "min_points_per_centroid": 1}
     nc1 = max(1, round(math.sqrt(nlist)))
-    if nc1 <= 1 or nlist <= 64:
-        km = faiss.Kmeans(d, nlist, niter=20, spherical=True, seed=seed, verbose=False)
+    cents = None
+    if nc1 > 1 and nlist > 64:
+        try:
+            cents, _ = two_level_clustering(sample, nc1, nlist, rebalance=True, clustering_niter=20, **args)
+        except RuntimeError:
+            cents = None
+    if cents is None:
+        km = faiss.Kmeans(d, nlist, niter=20, **args)
         km.train(sample)
-        return km.centroids
-    km1 = faiss.Kmeans(d, nc1, niter=20, spherical=True, seed=seed, max_points_per_centroid=2000)
-    km1.train(sample)
-    _, assign = km1.index.search(sample, 1)
-    assign = assign.ravel()
-    sizes = np.bincount(assign, minlength=nc1)
-    # Sub-cluster counts proportional to the first-level cluster sizes, summing exactly to nlist.
-    cum = np.cumsum(sizes) * nlist // sizes.sum()
-    per = np.diff(np.concatenate([[0], cum]))
-    out = []
-    for c in range(nc1):
-        k = int(per[c])
-        if k == 0:
-            continue
-        sub = sample[assign == c]
-        if sub.shape[0] <= k:  # tiny cluster: its points are the centroids (pad by repeating)
-            out.append(np.resize(sub, (k, d)) if sub.shape[0] else np.resize(km1.centroids[c], (k, d)))
-            continue
-        km = faiss.Kmeans(d, k, niter=10, spherical=True, seed=seed + c + 1, min_points_per_centroid=1)
-        km.train(np.ascontiguousarray(sub))
-        out.append(km.centroids)
-    cents = np.vstack(out).astype(np.float32)
+        cents = km.centroids
+    cents = np.ascontiguousarray(cents, dtype=np.float32)
     cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
     return cents
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ibllm_agent.errors import CacheDimensionError, CacheSourceError
+from ibllm_agent.media.formats import EXTENSIONS
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTS = frozenset(ext for ext, modality in EXTENSIONS.items() if modality == "image")
 FEATURE_COLUMNS = ("embedding", "embeddings", "features", "feature", "vector")
 ID_COLUMNS = ("id", "key", "image_path", "path", "url")
 

@@ -25,6 +25,7 @@ from ibllm_agent.chat import attempts
 from ibllm_agent.chat.findings import Findings
 from ibllm_agent.chat.loading import _attach_cache, _load_model
 from ibllm_agent.chat.rendering import Call, fit, render
+from ibllm_agent.content import ContentPolicy
 from ibllm_agent.errors import ConfigError
 from ibllm_agent.sync_bridge import iterate_in_thread, run_in_thread
 from ibllm_agent.types import Media, TextGenerator
@@ -61,7 +62,9 @@ class ChatImageBindLLM(BaseChatModel):
         cache_alpha: visual-cache enhancement knobs passed to
         the model as ``CacheSettings`` (used when the model has a cache; per call:
         ``cache={"k": 5, "t": 20, "alpha": 0.5, "enabled": False}``). file_resolver: ``file_id -> source``
-        for ``file_id`` blocks. fetch_timeout / fetch_max_bytes: limits for ``http(s)`` URLs.
+        for ``file_id`` blocks. content_policy: what messages may reference (``ContentPolicy.library()``
+        by default: local files allowed, ``http(s)`` URLs to public hosts only, 10 s / 64 MiB;
+        ``ContentPolicy.server()`` when the messages come from remote clients).
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
         ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
         captions) are remembered per attachment content, so later agent steps do not rerun them.
@@ -184,8 +187,7 @@ class ChatImageBindLLM(BaseChatModel):
     cache_t: float = 20.0
     cache_alpha: float = 0.5
 
-    fetch_timeout: float = 10.0
-    fetch_max_bytes: int = 64 * 1024 * 1024
+    content_policy: ContentPolicy = Field(default_factory=ContentPolicy.library)
 
     # Experts and the captioner run once per attachment, not on every model call (an agent turn
     # calls the model once per step, and every call re-reads the thread's attachments).
@@ -194,6 +196,8 @@ class ChatImageBindLLM(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, values: Any) -> Any:
+        if isinstance(values, dict) and {"fetch_timeout", "fetch_max_bytes"} & set(values):
+            raise ValueError("fetch_timeout/fetch_max_bytes are fields of content_policy=ContentPolicy(...)")
         # LangChain's cross-provider name for the generation budget.
         if isinstance(values, dict) and "max_tokens" in values:
             values = dict(values)

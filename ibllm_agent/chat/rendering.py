@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from ibllm_agent import protocol as P
 from ibllm_agent.chat.findings import Remembered
-from ibllm_agent.content import FetchLimits, MessageContent, message_text, split_message
+from ibllm_agent.content import MessageContent, message_text, split_message
 from ibllm_agent.errors import ConfigError, ContentBlockError
 from ibllm_agent.experts import run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
@@ -215,10 +215,10 @@ class Conversation:
 
     @classmethod
     def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float]):
-        limits = FetchLimits(timeout=chat.fetch_timeout, max_bytes=chat.fetch_max_bytes)
-
         def split(msg: BaseMessage):
-            return split_message(msg, modality_weights=weights, file_resolver=chat.file_resolver, limits=limits)
+            return split_message(
+                msg, modality_weights=weights, file_resolver=chat.file_resolver, policy=chat.content_policy
+            )
 
         systems = [message_text(m) for m in messages if isinstance(m, SystemMessage)]
         system = "\n\n".join(s for s in systems if s) if chat.system_messages == "prepend" else ""

@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # Order here is the order in --help.
 _COMMAND_MODULES = [
-    "chat", "run", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info",
+    "chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info",
 ]
 
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ibllm_agent.errors import CacheError, IbllmError
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
-def parse_size(text: str | None) -> int | None:
-    """'4G', '512MiB', '1.5gb', '1000000' → bytes (binary units); None stays None."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise CacheError(f"cannot read memory budget {text!r}: use a number with an optional unit, e.g. 4G or 512M")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+from ibllm_agent.sizes import format_size, parse_size
 
 
 def _sleeping_openmp_waiters() -> None:
@@ -36,16 +23,6 @@ def _sleeping_openmp_waiters() -> None:
 def _fail(exc: IbllmError) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +43,7 @@ def register(app: typer.Typer) -> None:
                  "or a checkpoint path.")] = "huge_w3d",
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 64,
         memory_budget: Annotated[str | None, typer.Option(
-            "--memory-budget", help="RAM for the index, e.g. 4G (default 4 GiB); picks the index kind.")] = None,
+            "--memory-budget", help="RAM for the index, e.g. 4GiB or 500MB (GB = 10^9, GiB = 2^30; default 4 GiB); picks the index kind.")] = None,
         index: Annotated[str | None, typer.Option(
             help="Force the index kind: flat, ivf_sq8 or ivf_pq (default: by size and budget).")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device for the encoder (default cpu).")] = None,
@@ -89,7 +66,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             report = build_cache(
-                sources, out, encoder=encoder, batch_size=batch_size, memory_budget=parse_size(memory_budget),
+                sources, out, encoder=encoder, batch_size=batch_size, memory_budget=parse_size(memory_budget, what="memory budget"),
                 index=index, resume=not restart, progress=progress, device=device, recall=recall or None,
             )
         except IbllmError as exc:
@@ -117,9 +94,9 @@ def register(app: typer.Typer) -> None:
         skipped = info.get("skipped") or {"count": 0, "items": []}
         lines = [
             f"cache      {info['path']}",
-            f"features   {info['count']} x {info['dim']} float16 ({_human(info['features_bytes'])} on disk, memory-mapped)",
+            f"features   {info['count']} x {info['dim']} float16 ({format_size(info['features_bytes'], binary=True, unknown='-')} on disk)",
             f"index      {info['index']} {' '.join(f'{k}={v}' for k, v in info['index_params'].items())}",
-            f"index RAM  ~{_human(info['index_ram_bytes'])}",
+            f"index RAM  ~{format_size(info['index_ram_bytes'], binary=True, unknown='-')}",
             f"refine     {_refine_line(info)}",
             f"recall     {_recall_line(info)}",
             f"encoder    {info.get('encoder', '-')}",
@@ -151,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 raise CacheError("recall target must lie in (0, 1]")
             cache = VisualCache.load(cache_dir)
             before = cache.recall_report
-            report = cache.plan_for_recall(recall, memory_budget=parse_size(memory_budget), queries=queries)
+            report = cache.plan_for_recall(recall, memory_budget=parse_size(memory_budget, what="memory budget"), queries=queries)
             cache.save_plan()
         except IbllmError as exc:
             _fail(exc)

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download official checkpoints (resumable, checksum-verified).
 
-        Each file goes to <weights-dir>/<path> through a .part file that is renamed into place only once complete and verified; an interrupted download resumes when run again.
+        Each file goes to <weights-dir>/<path> through a .part file that is renamed into place only once complete and verified; an interrupted download resumes when run again. Files hosted on the Hugging Face Hub go through huggingface_hub instead (checked against the Hub's size and sha256/ETag; HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE apply; --retries does not).
 
         Exit code 1 when any download failed (the others still run), 2 for an unknown name.
         """

@@ -1,5 +1,6 @@
-"""``ibllm-agent info``: settings in effect, torch/CUDA/device, optional packages, and which
-registry weights are present or missing. Needs no weights and no model code."""
+"""``ibllm-agent info``: settings in effect, torch/CUDA/device, optional packages, the vision tools
+(available, or what they miss), and which registry weights are present or missing. Needs no weights
+and no model code."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ibllm_agent.errors import IbllmError
+from ibllm_agent.sizes import format_size
 
 # Import names of the optional packages the extras install (checked without importing them).
 _OPTIONAL = {
@@ -25,16 +27,6 @@ _OPTIONAL = {
     "fastapi": "serve",
     "uvicorn": "serve",
 }
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _environment(settings: Any) -> dict[str, Any]:
@@ -77,6 +69,14 @@ def _packages() -> dict[str, Any]:
     }
 
 
+def _tools(settings: Any) -> list[dict[str, Any]]:
+    """The built-in vision tools: which the agent offers here and what the others miss."""
+    from ibllm_agent.tools import tool_status
+
+    return [{"name": t.name, "available": t.available, "missing": list(t.missing)}
+            for t in tool_status(settings, with_chat_model=True)]
+
+
 def collect(settings: Any) -> dict[str, Any]:
     """Everything ``info`` shows, as plain JSON-able data."""
     from ibllm_agent.weights import status
@@ -94,6 +94,7 @@ def collect(settings: Any) -> dict[str, Any]:
         },
         "environment": _environment(settings),
         "packages": _packages(),
+        "tools": _tools(settings),
         "weights": [
             {
                 "name": r.name,
@@ -146,10 +147,14 @@ def _print_human(data: dict[str, Any]) -> None:
         else:
             state = "missing (manual)" if w["kind"] == "manual" else "missing"
         if w["partial_bytes"] and not w["present"]:
-            state += f", {_human(w['partial_bytes'])} downloaded (resumable)"
+            state += f", {format_size(w['partial_bytes'])} downloaded (resumable)"
         rel = Path(w["path"]).relative_to(data["settings"]["weights_dir"])
-        table.add_row(w["name"], state, _human(w["size_bytes"]), str(rel))
+        table.add_row(w["name"], state, format_size(w["size_bytes"]), str(rel))
     console.print(table)
+    console.print("[bold]Tools[/bold] (offered by the agent when nothing is missing)")
+    for t in data["tools"]:
+        state = "available" if t["available"] else "missing " + ", ".join(t["missing"])
+        console.print(f"  {t['name']:<40} {state}", markup=False)
     present = sum(w["present"] for w in data["weights"])
     console.print(
         f"{present} of {len(data['weights'])} present. Fetch one with `ibllm-agent download NAME`.",
@@ -176,7 +181,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show settings, torch/CUDA/device and which weights are present or missing.
 
-        Also lists the optional packages of the extras. Works with an empty weights folder and without any model code; --json prints the same as one JSON object.
+        Also lists the optional packages of the extras and the vision tools: which the agent offers
+        here and what the others miss. Works with an empty weights folder and without any model code; --json prints the same as one JSON object.
         """
         from ibllm_agent.config import get_settings
 

@@ -4,7 +4,8 @@
     ibllm-agent run "Now remove the cat." --thread t1 --json
 
 ``--json`` prints ``{"thread_id", "answer", "tool_calls": [{name, args, output, status}], "files",
-"attachments", "stop_reason", "workspace"}``. ``--model scripted:outputs.json`` replays a JSON list
+"attachments", "stop_reason", "workspace"}`` (plus ``"grounding"`` with ``--ground``, the detection
+cascade: ``{"image", "nouns", "found", "missing", "file", "summary"}``). ``--model scripted:outputs.json`` replays a JSON list
 of model outputs (a testing aid: the CLI without weights).
 """
 
@@ -84,6 +85,13 @@ def make_agent(
     )
 
 
+def _ground(agent: Any, result: Any) -> Any:
+    from ibllm_agent.cli.tool import TOOL_LOADERS
+    from ibllm_agent.tools.cascade import ground_turn
+
+    return ground_turn(agent, result, loaders=TOOL_LOADERS)
+
+
 def _attachments(**by_modality: list[Path]) -> list[tuple[Path, str]]:
     return [(p, modality) for modality, paths in by_modality.items() for p in paths]
 
@@ -109,6 +117,10 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        ground: bool = typer.Option(
+            False, "--ground", help="Detection cascade: find the answer's nouns in the image with the detector "
+            "and save the annotated image (needs the groundingdino_swint_ogc weights)."
+        ),
     ) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
@@ -119,6 +131,8 @@ def register(app: typer.Typer) -> None:
                 result = agent.send(thread_id, prompt, files)
                 data = result.to_dict()
                 data["workspace"] = str(agent.workspace.thread(thread_id).root)
+                if ground:
+                    data["grounding"] = _ground(agent, result)
                 import json
 
                 typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
@@ -137,6 +151,13 @@ def register(app: typer.Typer) -> None:
                 elif event.kind == "done":
                     result = event.result
             sys.stdout.write("\n")
+            if result is not None and ground:
+                grounding = _ground(agent, result)
+                if grounding is None:
+                    typer.echo("grounding: no image in this thread", err=True)
+                else:
+                    where = f" ({grounding['file']})" if grounding["file"] else ""
+                    typer.echo(f"grounding: {grounding['summary']}{where}", err=True)
             if result is not None and result.files:
                 typer.echo(f"files: {', '.join(result.files)}", err=True)
             typer.echo(f"thread: {thread_id}", err=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ibllm_agent.encoders.config import PointConfig
-from ibllm_agent.encoders.layers import DropPath
+from ibllm_agent.encoders.layers import DropPath, Mlp
 
 
 def farthest_point_sample(xyz: Tensor, n: int) -> Tensor:
@@ -105,17 +105,6 @@ class PointAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
-class PointMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class PointBlock(nn.Module):
     """Pre-LN block; attribute order (norm1, norm2, mlp, attn) reproduces the checkpoint's key order."""
 
@@ -124,7 +113,7 @@ class PointBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = PointMlp(dim, dim * mlp_ratio)
+        self.mlp = Mlp(dim, dim * mlp_ratio)  # same fc1/fc2 keys as the ImageBind trunks
         self.attn = PointAttention(dim, heads)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 from .errors import UnknownFormatError
+from .formats import EXTENSIONS
 from .limits import DEFAULT_LIMITS
 from .sources import (
-    EXTENSIONS,
     check_path,
     describe,
     head_bytes,

@@ -1,4 +1,4 @@
-"""Point clouds: readers (.ply ascii/binary, .pts/.xyz text, .npy, .pt, .obj), unit-sphere
+"""Point clouds: readers (.ply ascii/binary, .pcd ascii/binary, .pts/.xyz text, .npy, .pt, .obj), unit-sphere
 normalisation and deterministic resampling to 8192 points ⇒ float32 [8192, 3].
 
 The reference loader does no normalisation or sampling; its example clouds are already 8192 points,
@@ -25,6 +25,7 @@ from .errors import (
     UnreadableMediaError,
 )
 from .limits import MediaLimits
+from .pcd import looks_like_pcd, parse_pcd
 from .sources import (
     describe,
     is_bytes,
@@ -191,6 +192,8 @@ def read_points(source: Any, limits: MediaLimits):
     kind = sniff(data[:64])
     if ext == ".ply" or (not ext and data.startswith(b"ply")):
         return torch.from_numpy(_parse_ply(data, desc))
+    if ext == ".pcd" or (not ext and looks_like_pcd(data)):
+        return torch.from_numpy(parse_pcd(data, desc))
     if ext == ".npy" or (not ext and kind == "array"):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
@@ -212,7 +215,7 @@ def read_points(source: Any, limits: MediaLimits):
         return torch.from_numpy(_parse_obj(data, desc))
     if ext in (".xyz", ".pts", ".txt", ".csv") or not ext:
         return torch.from_numpy(_parse_text_points(data, desc))
-    raise UnknownFormatError(desc, f"unsupported point-cloud extension {ext!r} (use .ply/.pts/.xyz/.npy/.pt/.obj)", "point")
+    raise UnknownFormatError(desc, f"unsupported point-cloud extension {ext!r} (use .ply/.pcd/.pts/.xyz/.npy/.pt/.obj)", "point")
 
 
 def farthest_point_sample(points, num: int, seed: int = DEFAULT_SEED):

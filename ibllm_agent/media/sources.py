@@ -21,17 +21,6 @@ from typing import Any
 from .errors import MediaNotFoundError, MediaTooLargeError, UnknownFormatError, UnreadableMediaError
 from .limits import MediaLimits
 
-# Extension → modality. ``.npy`` and ``.png``/``.tif`` are refined from the content (see infer.py).
-EXTENSIONS: dict[str, str] = {
-    **dict.fromkeys((".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"), "image"),
-    **dict.fromkeys((".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aif", ".aiff"), "audio"),
-    **dict.fromkeys((".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"), "video"),
-    **dict.fromkeys((".ply", ".pts", ".xyz", ".obj", ".pt", ".pth"), "point"),
-    ".csv": "imu",
-    ".txt": "text",
-    ".npy": "array",
-}
-
 
 def is_path(source: Any) -> bool:
     return isinstance(source, (str, os.PathLike))

@@ -44,10 +44,8 @@ from ibllm_agent.model.checkpoint import (
     split_state_dict,
 )
 from ibllm_agent.model.config import ImageBindLLMConfig, lm_config_from_meta_params
+from ibllm_agent.model.convert_keys import ADAPTER_MAP, META_MAP
 
-# Meta FFN names -> HF names
-FFN = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
-ATTN = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj"}
 # Model-parallel split dims in Meta shards (ColumnParallel = 0, RowParallel = 1).
 _SHARD_DIM = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w2": 1, "w3": 0, "output": 0}
 
@@ -226,25 +224,12 @@ def meta_base_to_ours(meta: Mapping[str, torch.Tensor], n_heads: int, n_kv_heads
     for k, v in meta.items():
         if k == "rope.freqs":
             continue
-        if k == "tok_embeddings.weight":
-            out["lm.model.embed_tokens.weight"] = v
-        elif k == "output.weight":
-            out["lm.lm_head.weight"] = v
-        elif k == "norm.weight":
-            out["lm.model.norm.weight"] = v
-        elif m := re.fullmatch(r"layers\.(\d+)\.attention\.(wq|wk|wv|wo)\.weight", k):
-            i, w = m.groups()
-            if w in ("wq", "wk"):
-                v = meta_to_hf_rows(v, n_heads if w == "wq" else n_kv_heads)
-            out[f"lm.model.layers.{i}.self_attn.{ATTN[w]}.weight"] = v
-        elif m := re.fullmatch(r"layers\.(\d+)\.feed_forward\.(w1|w2|w3)\.weight", k):
-            i, w = m.groups()
-            out[f"lm.model.layers.{i}.mlp.{FFN[w]}.weight"] = v
-        elif m := re.fullmatch(r"layers\.(\d+)\.(attention_norm|ffn_norm)\.weight", k):
-            i, n = m.groups()
-            out[f"lm.model.layers.{i}.{'input_layernorm' if n == 'attention_norm' else 'post_attention_layernorm'}.weight"] = v
-        else:
+        try:
+            ours, rows = META_MAP.to_ours(k)
+        except CheckpointError:
             unknown.append(k)
+            continue
+        out[ours] = v if rows is None else meta_to_hf_rows(v, n_heads if rows == "q" else n_kv_heads)
     if unknown:
         raise CheckpointError(f"unknown key(s) in the Meta LLaMA checkpoint: {unknown[:5]}")
     return out
@@ -256,90 +241,17 @@ def hf_base_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def official_key_to_ours(key: str) -> tuple[str, str | None]:
     """Official adapter key -> (our key, rope rows kind 'q'/'k'/None). ``CheckpointError`` for unknown keys."""
-    if m := re.fullmatch(r"image_bind_proj\.(weight|bias)", key):
-        return f"bind.proj.{m[1]}", None
-    if m := re.fullmatch(r"image_bind_norm_(\d+)\.(weight|bias)", key):
-        return f"bind.norms.{int(m[1]) - 1}.{m[2]}", None
-    if m := re.fullmatch(r"image_bind_f([123])_(\d+)\.(weight|bias)", key):
-        return f"bind.ffn.{int(m[2]) - 1}.w{m[1]}.{m[3]}", None
-    if key == "prefix_query.weight":
-        return key, None
-    if key == "llama.norm.weight":
-        return "lm.model.norm.weight", None
-    m = re.fullmatch(r"llama\.layers\.(\d+)\.(.+)", key)
-    if m:
-        i, rest = m.groups()
-        p = f"lm.model.layers.{i}."
-        if rest == "attention.gate":
-            return p + "self_attn.gate", None
-        if rest == "attention_norm.weight":
-            return p + "input_layernorm.weight", None
-        if rest == "ffn_norm.weight":
-            return p + "post_attention_layernorm.weight", None
-        if r := re.fullmatch(r"attention\.(wq|wk|wv|wo)\.bias", rest):
-            return p + f"self_attn.{ATTN[r[1]]}.bias", ("q" if r[1] == "wq" else "k" if r[1] == "wk" else None)
-        if r := re.fullmatch(r"attention\.lora_(wq|wk|wv|wo)_l([12])\.weight", rest):
-            rows = {"wq": "q", "wk": "k"}.get(r[1]) if r[2] == "2" else None
-            return p + f"self_attn.{ATTN[r[1]]}.lora_{'a' if r[2] == '1' else 'b'}.weight", rows
-        if r := re.fullmatch(r"feed_forward\.(w1|w2|w3)\.bias", rest):
-            return p + f"mlp.{FFN[r[1]]}.bias", None
-        if r := re.fullmatch(r"feed_forward\.lora_(w1|w2|w3)_l([12])\.weight", rest):
-            return p + f"mlp.{FFN[r[1]]}.lora_{'a' if r[2] == '1' else 'b'}.weight", None
-    raise CheckpointError(f"unknown key in the official ImageBind-LLM checkpoint: {key!r}")
+    return ADAPTER_MAP.to_ours(key)
 
 
 def ours_key_to_official(key: str) -> tuple[str, str | None]:
-    """Inverse of ``official_key_to_ours`` for adapter keys."""
-    inv_attn = {v: k for k, v in ATTN.items()}
-    inv_ffn = {v: k for k, v in FFN.items()}
-    if m := re.fullmatch(r"bind\.proj\.(weight|bias)", key):
-        return f"image_bind_proj.{m[1]}", None
-    if m := re.fullmatch(r"bind\.norms\.(\d+)\.(weight|bias)", key):
-        return f"image_bind_norm_{int(m[1]) + 1}.{m[2]}", None
-    if m := re.fullmatch(r"bind\.ffn\.(\d+)\.w([123])\.(weight|bias)", key):
-        return f"image_bind_f{m[2]}_{int(m[1]) + 1}.{m[3]}", None
-    if key == "prefix_query.weight":
-        return key, None
-    if key == "lm.model.norm.weight":
-        return "llama.norm.weight", None
-    m = re.fullmatch(r"lm\.model\.layers\.(\d+)\.(.+)", key)
-    if m:
-        i, rest = m.groups()
-        p = f"llama.layers.{i}."
-        if rest == "self_attn.gate":
-            return p + "attention.gate", None
-        if rest == "input_layernorm.weight":
-            return p + "attention_norm.weight", None
-        if rest == "post_attention_layernorm.weight":
-            return p + "ffn_norm.weight", None
-        if r := re.fullmatch(r"self_attn\.(q_proj|k_proj|v_proj|o_proj)\.bias", rest):
-            w = inv_attn[r[1]]
-            return p + f"attention.{w}.bias", {"wq": "q", "wk": "k"}.get(w)
-        if r := re.fullmatch(r"self_attn\.(q_proj|k_proj|v_proj|o_proj)\.lora_([ab])\.weight", rest):
-            w = inv_attn[r[1]]
-            rows = {"wq": "q", "wk": "k"}.get(w) if r[2] == "b" else None
-            return p + f"attention.lora_{w}_l{'1' if r[2] == 'a' else '2'}.weight", rows
-        if r := re.fullmatch(r"mlp\.(gate_proj|up_proj|down_proj)\.bias", rest):
-            return p + f"feed_forward.{inv_ffn[r[1]]}.bias", None
-        if r := re.fullmatch(r"mlp\.(gate_proj|up_proj|down_proj)\.lora_([ab])\.weight", rest):
-            return p + f"feed_forward.lora_{inv_ffn[r[1]]}_l{'1' if r[2] == 'a' else '2'}.weight", None
-    raise CheckpointError(f"key {key!r} has no counterpart in the official ImageBind-LLM layout")
+    """Inverse of ``official_key_to_ours`` for adapter keys (same table, see ``convert_keys``)."""
+    return ADAPTER_MAP.to_official(key)
 
 
 def ours_base_to_meta(key: str) -> tuple[str, str | None]:
     """Our base (or norm) key -> (Meta LLaMA key, rope rows kind)."""
-    fixed = {"lm.model.embed_tokens.weight": "tok_embeddings.weight", "lm.lm_head.weight": "output.weight",
-             "lm.model.norm.weight": "norm.weight"}
-    if key in fixed:
-        return fixed[key], None
-    if m := re.fullmatch(r"lm\.model\.layers\.(\d+)\.self_attn\.(q_proj|k_proj|v_proj|o_proj)\.weight", key):
-        w = {v: k for k, v in ATTN.items()}[m[2]]
-        return f"layers.{m[1]}.attention.{w}.weight", {"wq": "q", "wk": "k"}.get(w)
-    if m := re.fullmatch(r"lm\.model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight", key):
-        return f"layers.{m[1]}.feed_forward.{ {v: k for k, v in FFN.items()}[m[2]] }.weight", None
-    if m := re.fullmatch(r"lm\.model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight", key):
-        return f"layers.{m[1]}.{'attention_norm' if m[2] == 'input_layernorm' else 'ffn_norm'}.weight", None
-    raise CheckpointError(f"key {key!r} has no counterpart in the Meta LLaMA layout")
+    return META_MAP.to_official(key)
 
 
 def official_adapter_to_ours(adapter: Mapping[str, torch.Tensor], n_heads: int, n_kv_heads: int
