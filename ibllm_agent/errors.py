@@ -141,6 +141,10 @@ class EncoderInputError(IbllmError, ValueError):
     (the message names the modality, the expected shape and what was given)."""
 
 
+class UnknownLanguageError(IbllmError, ValueError):
+    """A speech-recognition language that Whisper does not know (the message lists the codes)."""
+
+
 class ToolInputError(IbllmError, ValueError):
     """A tool's input is unusable: empty object text, a file that is not an image, an image over the
     size limit, an unknown media file. The agent turns it into an error observation the model reads."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import wave
+
 import numpy as np
 
 # ImageBind's per-modality logit scales (reference ``postprocessors``): the norm of each embedding.
@@ -51,3 +53,16 @@ def write_video(path, frames: int, fps: int = 10, size=(64, 48), gop: int = 10, 
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16_000) -> Path:
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)

@@ -17,8 +17,8 @@ def test_catalog_matches_reference_json():
 
 
 def test_input_fields_follow_descriptions():
-    assert set(catalog.INPUT_FIELDS) == set(catalog.RUNTIME_DESCRIPTIONS)
-    for spec in catalog.catalog():
+    assert set(catalog.INPUT_FIELDS) == set(catalog.RUNTIME_DESCRIPTIONS) | set(catalog.PROJECT_DESCRIPTIONS)
+    for spec in [catalog.tool_spec(n) for n in catalog.ALL_TOOL_NAMES]:
         d = spec.runtime_description
         n = len(spec.input_fields)
         if "comma separated string of three" in d:
@@ -39,3 +39,14 @@ def test_tool_spec_variants_and_names():
     assert unseen.description("training") == unseen.runtime_description
     assert catalog.tool_spec("Get Photo Description").description("runtime").endswith("image_path. ")
     assert len(catalog.TOOL_NAMES) == 24 and len(catalog.TRAINING_DESCRIPTIONS) == 23
+
+
+def test_project_tools_follow_the_gpt4tools_style():
+    assert not set(catalog.PROJECT_DESCRIPTIONS) & set(catalog.RUNTIME_DESCRIPTIONS)
+    for name in ("Transcribe Speech From Audio", "Detect Objects In Video"):
+        spec = catalog.tool_spec(name)
+        assert spec.output == "text" and not spec.seen_in_training
+        assert spec.description().startswith("useful when you want to")
+        # the optional trailing field may be left out of the Action Input
+        assert set(catalog.INPUT_DEFAULTS[name]) == {spec.input_fields[-1]}
+    assert catalog.ALL_TOOL_NAMES[-2:] == ("Transcribe Speech From Audio", "Detect Objects In Video")

@@ -183,7 +183,8 @@ def test_experts_add_context_lines():
         {"type": "text", "text": "what is said?"},
         {"type": "audio", "base64": "UklGRg==", "mime_type": "audio/wav"},
     ])])
-    assert gen.calls[0][0] == "what is said?\n(recognized text: turn left at the corner)"
+    # before the instruction, as in the paper's Fig. 9
+    assert gen.calls[0][0] == "(recognized text: turn left at the corner)\nwhat is said?"
     assert seen == ["audio"]
     assert format_line("a", " b \n c ") == "(a: b c)"
     assert run_experts(experts, [Media("image", b"")]) == ["(detected object classes: dog, ball)"]

@@ -118,9 +118,12 @@ def test_unnamed_media_get_stable_names_or_the_namer_and_captioner():
 
 
 def test_expert_lines_join_the_new_input():
-    gen, chat = chat_for(f"{NO}\nAI: x", experts=[FunctionExpert("recognized text", ("audio",), lambda m: "hello world")])
+    gen, chat = chat_for(f"{NO}\nAI: x", f"{NO}\nAI: y", experts=[FunctionExpert("recognized text", ("audio",), lambda m: "hello world")])
     chat.bind_tools(TOOLS).invoke([HumanMessage(content=[{"type": "text", "text": "what is said?"}, {"type": "audio", "base64": "UklGRg==", "mime_type": "audio/wav"}])])
-    assert "\nNew input: what is said?\n(recognized text: hello world)\nGPT4Tools needs" in gen.calls[0][0]
+    assert "\nNew input: (recognized text: hello world)\nwhat is said?\nGPT4Tools needs" in gen.calls[0][0]
+    # switched off for one call
+    chat.bind_tools(TOOLS).invoke([HumanMessage(content=[{"type": "text", "text": "again?"}, {"type": "audio", "base64": "UklGRg==", "mime_type": "audio/wav"}])], experts=False)
+    assert "\nNew input: again?\nGPT4Tools needs" in gen.calls[1][0] and "recognized text" not in gen.calls[1][0]
 
 
 def test_experts_and_captioner_run_once_per_attachment_not_per_step(tmp_path):
@@ -152,7 +155,8 @@ def test_experts_and_captioner_run_once_per_attachment_not_per_step(tmp_path):
     assert sorted(runs) == [("asr", "audio"), ("caption", "audio")]
     for prompt, _, _ in gen.calls:  # both steps still carry the finding and the caption
         assert "(recognized text: hello world)" in prompt and "Description: A dog barks." in prompt
-    # A file attachment is remembered by path + size + mtime: a changed file is looked at again.
+    # A file attachment is remembered by its content hash: a changed file is looked at again, a copy
+    # under another name is not.
     from ibllm_agent.types import Media
 
     runs.clear()
@@ -161,6 +165,10 @@ def test_experts_and_captioner_run_once_per_attachment_not_per_step(tmp_path):
     assert len(runs) == 1
     wav.write_bytes(b"RIFF\x00\x00\x00\x00")
     chat._finding(chat.captioner, Media("audio", str(wav)))
+    assert len(runs) == 2
+    copy = tmp_path / "copy.wav"
+    copy.write_bytes(wav.read_bytes())
+    chat._finding(chat.captioner, Media("audio", copy))
     assert len(runs) == 2
 
 

@@ -47,6 +47,9 @@ BACKENDS: dict[str, Backend] = {
         Backend("sd21_unclip", ("sd21_unclip",), ("diffusers",), int(3.5 * _GB), "Stable Diffusion 2.1 unCLIP"),
         Backend("imagebind", ("imagebind_w3d", "imagebind_huge"), ("torch",), int(4.8 * _GB),
                 "ImageBind-Huge encoders (any-to-image embeddings)"),
+        Backend("whisper", tuple(f"whisper_{s.replace('-', '_')}" for s in
+                                 ("turbo", "large-v3", "medium", "small", "base", "tiny")),
+                ("whisper",), int(1.6 * _GB), "OpenAI Whisper speech recognition (the largest present)"),
     )
 }
 
@@ -111,6 +114,12 @@ def _load_imagebind(device: str, settings: Any) -> Any:
     return ImageBind.from_official(require(name, settings), device=device).eval()
 
 
+def _load_whisper(device: str, settings: Any) -> Any:
+    from ibllm_agent.tools.speech import SpeechRecognizer
+
+    return SpeechRecognizer.from_weights(app_settings=settings, device=device)
+
+
 _LOADERS: dict[str, Callable[[str, Any], Any]] = {
     "groundingdino": _load_groundingdino,
     "sam": _load_sam,
@@ -119,6 +128,7 @@ _LOADERS: dict[str, Callable[[str, Any], Any]] = {
     "sd_text2image": _diffusers_loader("StableDiffusionPipeline", "sd15"),
     "sd21_unclip": _diffusers_loader("StableUnCLIPImg2ImgPipeline", "sd21_unclip"),
     "imagebind": _load_imagebind,
+    "whisper": _load_whisper,
 }
 
 

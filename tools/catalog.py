@@ -14,6 +14,9 @@ both are kept verbatim here:
   (``image_path`` = the name of a new image, ``[output_from_..._tool]`` = a text result).
 - ``INPUT_FIELDS``: how the single ``Action Input`` string splits into named arguments, in order
   (GPT4Tools comma semantics: the remainder after the leading fields joins into the last field).
+- ``PROJECT_DESCRIPTIONS``: tools this project adds in the same style (the audio/video experts of
+  the ImageBind-LLM paper); never seen by the GPT4Tools weights, text output. ``INPUT_DEFAULTS``:
+  trailing fields a model may leave out (e.g. the language of ``Transcribe Speech From Audio``).
 
 ``tests/test_agent_catalog.py`` checks these tables against the shared reference JSON.
 """
@@ -24,7 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ALL_TOOL_NAMES",
+    "INPUT_DEFAULTS",
     "INPUT_FIELDS",
+    "PROJECT_DESCRIPTIONS",
     "RUNTIME_DESCRIPTIONS",
     "TOOL_NAMES",
     "TRAINING_DESCRIPTIONS",
@@ -189,6 +195,22 @@ TRAINING_DESCRIPTIONS: dict[str, str] = {
     name: text.rstrip() for name, text in RUNTIME_DESCRIPTIONS.items() if name not in NOT_IN_TRAINING
 }
 
+# Project tools in the GPT4Tools style (not part of the reference tables above).
+PROJECT_DESCRIPTIONS: dict[str, str] = {
+    'Transcribe Speech From Audio': (
+        'useful when you want to know what is said or sung in an audio or a video. like: what does'
+        ' the person say in this audio, or transcribe the speech of this recording, or what are the'
+        ' lyrics of this song. The input to this tool should be a comma separated string of two,'
+        ' representing the audio_path and the language code of the speech (empty to detect it)'
+    ),
+    'Detect Objects In Video': (
+        'useful when you want to know which objects appear in a video and when. like: what objects'
+        ' are in this video, or is there a dog in this clip, or when does the car appear. The input'
+        ' to this tool should be a comma separated string of two, representing the video_path and'
+        ' the names of the objects to look for, separated by commas (empty for common objects)'
+    ),
+}
+
 # fmt: off
 TRAINING_OUTPUT_FORMAT: dict[str, str] = {
     'Detect the Give Object': '[output_from_detection_tool]',
@@ -250,8 +272,21 @@ INPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "Replace Something From The Photo": ("image_path", "object", "replacement"),
 }
 
+INPUT_FIELDS.update({
+    "Transcribe Speech From Audio": ("audio_path", "language"),
+    "Detect Objects In Video": ("video_path", "vocabulary"),
+})
+
+# Fields that may be left out of the Action Input, with the value they then take.
+INPUT_DEFAULTS: dict[str, dict[str, str]] = {
+    "Transcribe Speech From Audio": {"language": ""},
+    "Detect Objects In Video": {"vocabulary": ""},
+}
+
 # The demo's registration order (runtime) is the canonical order of names.
 TOOL_NAMES: tuple[str, ...] = tuple(RUNTIME_DESCRIPTIONS)
+# Every name ``tool_spec`` knows: GPT4Tools' tools, then the project's.
+ALL_TOOL_NAMES: tuple[str, ...] = TOOL_NAMES + tuple(PROJECT_DESCRIPTIONS)
 
 DescriptionVariant = Literal["runtime", "training"]
 
@@ -284,9 +319,11 @@ class ToolSpec:
 
 
 def tool_spec(name: str) -> ToolSpec:
-    """The ``ToolSpec`` of GPT4Tools tool ``name`` (exact spelling); ``KeyError`` if unknown."""
+    """The ``ToolSpec`` of GPT4Tools (or project) tool ``name`` (exact spelling); ``KeyError`` if unknown."""
+    if name in PROJECT_DESCRIPTIONS:
+        return ToolSpec(name, PROJECT_DESCRIPTIONS[name], None, INPUT_FIELDS[name], "text")
     if name not in RUNTIME_DESCRIPTIONS:
-        raise KeyError(f"{name!r} is not a GPT4Tools tool; known: {', '.join(TOOL_NAMES)}")
+        raise KeyError(f"{name!r} is not a GPT4Tools tool; known: {', '.join(ALL_TOOL_NAMES)}")
     fmt = TRAINING_OUTPUT_FORMAT.get(name, "image_path")
     return ToolSpec(
         name=name,

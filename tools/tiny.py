@@ -168,11 +168,18 @@ def tiny_detector(device: str = "cpu", seed: int = 0) -> Any:
     return det
 
 
+def tiny_whisper(device: str = "cpu", seed: int = 0) -> Any:
+    """A random-init 1-layer Whisper (``tools.speech.SpeechRecognizer``), 8 tokens per 30 s window."""
+    from ibllm_agent.tools.speech import SpeechRecognizer, SpeechSettings
+
+    return SpeechRecognizer.tiny_random(SpeechSettings(sample_len=8), seed=seed, device=device)
+
+
 def tiny_loaders(seed: int = 0) -> dict[str, Callable[[str], Any]]:
     """Loader overrides for every backend key of ``ibllm_agent.tools.backends.BACKENDS``."""
     builders = {
         "groundingdino": tiny_detector, "sam": tiny_sam, "sd_inpainting": tiny_inpainting,
         "instruct_pix2pix": tiny_pix2pix, "sd_text2image": tiny_text2image, "sd21_unclip": tiny_unclip,
-        "imagebind": tiny_imagebind,
+        "imagebind": tiny_imagebind, "whisper": tiny_whisper,
     }
     return {key: (lambda device, b=build: b(device, seed)) for key, build in builders.items()}

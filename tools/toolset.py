@@ -41,6 +41,9 @@ TOOL_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "Generate Image From User Input Text": ("sd_text2image",),
     "Edge Detection On Image": ("package:cv2",),
     ANY_TO_IMAGE: ("imagebind", "sd21_unclip"),
+    # the audio/video experts as tools (tools/speech.py, tools/video.py)
+    "Transcribe Speech From Audio": ("whisper",),
+    "Detect Objects In Video": ("groundingdino", "package:av"),
 }
 
 
@@ -213,6 +216,27 @@ _BODIES: dict[str, Callable[..., str]] = {
 }
 
 
+def _speech_tool(kit: ToolKit) -> Any:
+    from ibllm_agent.tools.speech import speech_tool
+
+    return speech_tool(loader=kit.loader("whisper"))
+
+
+def _video_tool(kit: ToolKit) -> Any:
+    from ibllm_agent.tools.video import VideoSettings, video_tool
+
+    o = kit.options
+    return video_tool(VideoSettings(box_threshold=o.box_threshold, text_threshold=o.text_threshold),
+                      loader=kit.loader("groundingdino"))
+
+
+# Tools built by their own modules (content + artifact, their own settings).
+_EXPERT_TOOLS: dict[str, Callable[[ToolKit], Any]] = {
+    "Transcribe Speech From Audio": _speech_tool,
+    "Detect Objects In Video": _video_tool,
+}
+
+
 # -- status and construction ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ToolStatus:
@@ -290,6 +314,9 @@ def default_tools(
     tools = []
     for name in TOOL_REQUIREMENTS:
         if available_only and _missing(kit, name):
+            continue
+        if name in _EXPERT_TOOLS:
+            tools.append(_EXPERT_TOOLS[name](kit))
             continue
         if name == ANY_TO_IMAGE:
             schema = create_model("GenerateImageFromAnyModalityInput",

@@ -32,7 +32,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from ibllm_agent.errors import ToolRegistryError
-from ibllm_agent.tools.catalog import RUNTIME_DESCRIPTIONS, DescriptionVariant, tool_spec
+from ibllm_agent.tools.catalog import INPUT_DEFAULTS, RUNTIME_DESCRIPTIONS, DescriptionVariant, tool_spec
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -116,6 +116,7 @@ def gpt4tools_tool(
     device: str | None = None,
     description_variant: DescriptionVariant = "runtime",
     path_fields: Sequence[str] | None = None,
+    response_format: str = "content",
 ) -> BaseTool:
     """A tool with a GPT4Tools catalog name, its exact description and its argument fields.
 
@@ -125,6 +126,8 @@ def gpt4tools_tool(
     duration of the call. ``loader(device) -> model`` (with ``size_bytes`` and a per-model
     ``device``) registers the model in the pool on first use, so a tool package is self-contained;
     several tools may share one ``model_key`` (e.g. GroundingDINO for detection and segmentation).
+    Fields in ``catalog.INPUT_DEFAULTS[name]`` are optional. ``response_format="content_and_artifact"``:
+    ``func`` returns ``(observation text, artifact)`` (LangChain keeps the artifact on the ToolMessage).
     """
     from langchain_core.tools import StructuredTool
     from pydantic import Field, create_model
@@ -133,7 +136,12 @@ def gpt4tools_tool(
         spec = tool_spec(name)
     except KeyError as exc:
         raise ToolRegistryError(str(exc.args[0])) from None
-    fields = {f: (str, Field(description=f.replace("_", " "))) for f in spec.input_fields}
+    defaults = INPUT_DEFAULTS.get(name, {})
+    fields = {
+        f: (str, Field(defaults[f], description=f.replace("_", " ")) if f in defaults
+            else Field(description=f.replace("_", " ")))
+        for f in spec.input_fields
+    }
     schema = create_model(_schema_name(name), **fields)
 
     def run(**kwargs: Any) -> Any:
@@ -156,6 +164,7 @@ def gpt4tools_tool(
         name=spec.name,
         description=spec.description(description_variant),
         args_schema=schema,
+        response_format=response_format,
         metadata={_META_PATHS: paths, "gpt4tools": True, "model_key": model_key},
     )
 

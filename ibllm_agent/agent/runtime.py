@@ -270,6 +270,7 @@ class Agent:
         describe: Callable[[StoredFile], str | None] | None = None,
         owns_memory: bool = True,
         chat_model: Any = None,
+        experts: Any = None,
     ):
         self.graph = graph
         self.chat_model = chat_model  # the LangChain chat model the graph calls
@@ -280,6 +281,9 @@ class Agent:
         self.max_steps = max_steps
         self.describe = describe
         self._owns_memory = owns_memory
+        from ibllm_agent.agent.experts import AgentExperts
+
+        self.experts = experts if isinstance(experts, AgentExperts) else AgentExperts(experts, pool)
 
     # -- LangGraph pass-through --------------------------------------------------------------------
     # durability="sync": each step's checkpoint is written before the next step starts. With
@@ -378,8 +382,10 @@ class Agent:
 
     # -- turns -------------------------------------------------------------------------------------
     def attach(self, thread_id: str, source: Any, modality: str | None = None,
-               description: str | None = None) -> tuple[StoredFile, dict[str, Any]]:
-        """Store one attachment in the thread's workspace; returns it and its content block."""
+               description: str | None = None, *, experts: bool | None = None) -> tuple[StoredFile, dict[str, Any]]:
+        """Store one attachment in the thread's workspace; returns it and its content block (with the
+        experts' context lines in ``extras["context"]``; ``experts``: per-call switch, ``None`` = the
+        agent's setting)."""
         stored = self.workspace.thread(thread_id).save(source, modality)
         if description is None and self.describe is not None:
             description = self._describe(stored)
@@ -392,7 +398,7 @@ class Agent:
             "url": stored.path.as_uri(),
             "extras": {"name": stored.name, "description": description, "modality": stored.modality},
         }
-        return stored, block
+        return stored, self.experts.annotate(block, stored, self.workspace.thread(thread_id), experts)
 
     def _describe(self, stored: StoredFile) -> str | None:
         """Caption from ``describe``: a function of the stored file, or an ``Expert`` (e.g. a caption
@@ -405,7 +411,8 @@ class Agent:
             return describe(Media(modality=stored.modality, source=stored.path, name=stored.name))  # type: ignore[arg-type]
         return describe(stored)
 
-    def _input(self, thread_id: str, text: str, attachments: Sequence[Any]) -> tuple[dict, list[str], str]:
+    def _input(self, thread_id: str, text: str, attachments: Sequence[Any],
+               experts: bool | None = None) -> tuple[dict, list[str], str]:
         blocks, names = [], []
         for a in attachments:
             if isinstance(a, dict) and "type" in a:  # a content block from ``attach`` (already stored)
@@ -413,11 +420,11 @@ class Agent:
                 names.append((a.get("extras") or {}).get("name", ""))
                 continue
             if isinstance(a, Media):
-                stored, block = self.attach(thread_id, a.source, a.modality)
+                stored, block = self.attach(thread_id, a.source, a.modality, experts=experts)
             elif isinstance(a, tuple) and len(a) == 2:
-                stored, block = self.attach(thread_id, a[0], a[1])
+                stored, block = self.attach(thread_id, a[0], a[1], experts=experts)
             else:
-                stored, block = self.attach(thread_id, a)
+                stored, block = self.attach(thread_id, a, experts=experts)
             blocks.append(block)
             names.append(stored.name)
         from langchain_core.messages import HumanMessage
@@ -426,22 +433,24 @@ class Agent:
         content: Any = [{"type": "text", "text": text}, *blocks] if blocks else text
         return {"messages": [HumanMessage(content=content, id=msg_id)]}, names, msg_id
 
-    def send(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+    def send(self, thread_id: str, text: str, attachments: Sequence[Any] = (), *,
+             experts: bool | None = None) -> TurnResult:
         """Run one turn: ``text`` plus optional attachments (paths, bytes, PIL images, ``Media``,
         ``(source, modality)`` pairs, or content blocks returned by ``attach``). Returns the
-        ``TurnResult``."""
+        ``TurnResult``. ``experts``: run the experts on this turn's attachments (``None`` = the
+        agent's setting)."""
         result = None
-        for event in self.stream_turn(thread_id, text, attachments, stream_tokens=False):
+        for event in self.stream_turn(thread_id, text, attachments, stream_tokens=False, experts=experts):
             if event.kind == "done":
                 result = event.result
         assert result is not None
         return result
 
     def stream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
-                    *, stream_tokens: bool = True) -> Iterator[TurnEvent]:
+                    *, stream_tokens: bool = True, experts: bool | None = None) -> Iterator[TurnEvent]:
         """Run one turn, yielding ``TurnEvent``s: answer tokens as they are generated, each tool
         call and result, and finally ``done`` with the ``TurnResult``."""
-        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments)
+        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments, experts)
         streamed: list[str] = []
         modes = ["updates", "messages"] if stream_tokens else ["updates"]
         for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
@@ -450,23 +459,24 @@ class Agent:
         yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
 
     async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
-                           *, stream_tokens: bool = True) -> AsyncIterator[TurnEvent]:
+                           *, stream_tokens: bool = True, experts: bool | None = None) -> AsyncIterator[TurnEvent]:
         """Async ``stream_turn``: the turn runs in a worker thread (the SQLite checkpointer is
         synchronous) that sees the caller's contextvars; events arrive on the event loop as they
         happen. A consumer that stops early (``break``, ``aclose``, cancellation) stops the turn: no
         further model step or tool call runs (the one in progress finishes), and the thread is left
         as an interrupted turn that the next turn repairs."""
         events = iterate_in_thread(
-            lambda: self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens)
+            lambda: self.stream_turn(thread_id, text, attachments, stream_tokens=stream_tokens, experts=experts)
         )
         async with aclosing(events):
             async for event in events:
                 yield event
 
-    async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = ()) -> TurnResult:
+    async def asend(self, thread_id: str, text: str, attachments: Sequence[Any] = (), *,
+                    experts: bool | None = None) -> TurnResult:
         """Async ``send`` (cancelling it stops the turn, see ``astream_turn``)."""
         result = None
-        events = self.astream_turn(thread_id, text, attachments, stream_tokens=False)
+        events = self.astream_turn(thread_id, text, attachments, stream_tokens=False, experts=experts)
         async with aclosing(events):
             async for event in events:
                 if event.kind == "done":
@@ -474,11 +484,11 @@ class Agent:
         assert result is not None
         return result
 
-    def _start(self, thread_id: str, text: str, attachments: Sequence[Any]):
+    def _start(self, thread_id: str, text: str, attachments: Sequence[Any], experts: bool | None = None):
         thread_id = str(thread_id)
         self.repair(thread_id)
         before = set(self.workspace.thread(thread_id).files())
-        inputs, names, msg_id = self._input(thread_id, text, attachments)
+        inputs, names, msg_id = self._input(thread_id, text, attachments, experts)
         before.update(names)
         return thread_id, inputs, names, msg_id, before
 
@@ -558,6 +568,7 @@ def build_agent(
     system_prompt: str | None = None,
     middleware: Sequence[Any] = (),
     cache_dir: str | Path | None = None,
+    experts: Any = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
@@ -589,6 +600,9 @@ def build_agent(
             modalities); without one (or when it returns nothing) a neutral description is used.
         system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
         cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
+        experts: context experts run on attachments (``ibllm_agent.agent.experts``): ``True`` = Whisper
+            for audio and the video object detector for video (models from ``pool``), a list of
+            ``Expert`` objects, or ``None``/``False`` (off). Switch per turn with ``send(..., experts=)``.
     """
     from langchain.agents import create_agent
 
@@ -610,6 +624,9 @@ def build_agent(
 
             device = get_settings().device
         pool = ModelPool(device=device or "auto", budget=model_budget)
+    from ibllm_agent.agent.experts import AgentExperts
+
+    agent_experts = AgentExperts(experts, pool)  # (validates before anything is opened)
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
@@ -627,4 +644,5 @@ def build_agent(
         mem.close()
         raise
     return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
-                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat)
+                 describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat,
+                 experts=agent_experts)

@@ -66,8 +66,11 @@ class ChatImageBindLLM(BaseChatModel):
         by default: local files allowed, ``http(s)`` URLs to public hosts only, 10 s / 64 MiB;
         ``ContentPolicy.server()`` when the messages come from remote clients).
         experts: ``Expert`` objects run on attachments; each finding becomes a context line such as
-        ``(recognized text: …)`` under the message text (see ``ibllm_agent.experts``). Findings (and
-        captions) are remembered per attachment content, so later agent steps do not rerun them.
+        ``(recognized text: …)`` before the message text (see ``ibllm_agent.experts``; per call:
+        ``experts=False``). Findings (and captions) are remembered per attachment content hash, so
+        later agent steps do not rerun them; ``findings_store``: a ``FindingsStore`` (e.g. a JSON
+        file) to share them across processes. Lines found in a block's ``extras["context"]`` (the
+        agent puts them there) are used as they are.
 
     Key init args — tools (GPT4Tools protocol):
         protocol: ``"training"`` (the prompt the GPT4Tools LoRA was trained on, default) or ``"demo"``.
@@ -176,6 +179,7 @@ class ChatImageBindLLM(BaseChatModel):
     system_messages: Literal["prepend", "ignore"] = "prepend"
     invalid_retries: int = 0
     experts: list[Any] = Field(default_factory=list)
+    findings_store: Any = Field(default=None, exclude=True)
     captioner: Any = None
     media_namer: Callable[[Media], str] | None = None
     file_resolver: Callable[[str], Any] | None = None
@@ -212,6 +216,8 @@ class ChatImageBindLLM(BaseChatModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise ConfigError(f"invalid ChatImageBindLLM settings: {exc}") from None
+        if self.findings_store is not None:
+            self._findings = Findings(self.findings_store)
         if self.model is None:
             if self.preset is None and self.model_dir is None:
                 raise ConfigError("ChatImageBindLLM needs model=<TextGenerator>, preset=... or model_dir=...")
@@ -301,7 +307,7 @@ class ChatImageBindLLM(BaseChatModel):
         return fit(self.model, render(self, messages, stop, kwargs))
 
     def _finding(self, expert: Any, media: Media) -> str | None:
-        """``expert(media)``, remembered per attachment content (the last 256 findings)."""
+        """``expert(media)``, remembered per attachment content hash."""
         return self._findings.get(expert, media)
 
     # -- LangChain entry points --------------------------------------------------------------------

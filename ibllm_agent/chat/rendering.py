@@ -21,7 +21,7 @@ from ibllm_agent import protocol as P
 from ibllm_agent.chat.findings import Remembered
 from ibllm_agent.content import MessageContent, message_text, split_message
 from ibllm_agent.errors import ConfigError, ContentBlockError
-from ibllm_agent.experts import run_experts, with_context
+from ibllm_agent.experts import block_context, run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
 from ibllm_agent.types import CacheSettings, Media, Sampling
 
@@ -84,6 +84,7 @@ def render(
     choice = P.tool_choice_name(kwargs.pop("tool_choice", None))
     weights = {**chat.modality_weights, **(kwargs.pop("modality_weights", None) or {})}
     cache = cache_settings(chat, kwargs.pop("cache", None))
+    use_experts = bool(kwargs.pop("experts", True))
     sampling_kw = {k: kwargs.pop(k) for k in SAMPLING_KWARGS if k in kwargs}
     for key in list(kwargs):
         if key.startswith("ls_") or key in _IGNORED_KWARGS:
@@ -91,12 +92,12 @@ def render(
     if kwargs:
         raise ConfigError(
             f"unknown ChatImageBindLLM call option(s) {sorted(kwargs)}; known: tools, tool_choice, "
-            f"modality_weights, cache, {', '.join(SAMPLING_KWARGS)}"
+            f"modality_weights, cache, experts, {', '.join(SAMPLING_KWARGS)}"
         )
     if choice == "none" and not tools:
         choice = None
 
-    convo = Conversation.build(chat, messages, weights)
+    convo = Conversation.build(chat, messages, weights, use_experts)
     stops = list(P.STOP_SEQUENCES) if tools else []
     if not tools and convo.past:
         stops.append("\nHuman:")  # a single-turn model must not write the next human turn
@@ -214,7 +215,10 @@ class Conversation:
     tail: list[BaseMessage]
 
     @classmethod
-    def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float]):
+    def build(cls, chat: ChatImageBindLLM, messages: Sequence[BaseMessage], weights: Mapping[str, float],
+              use_experts: bool = True):
+        """Sort ``messages``; context lines (experts' findings, or those carried in the blocks'
+        ``extras["context"]``) go before each human text unless ``use_experts`` is False."""
         def split(msg: BaseMessage):
             return split_message(
                 msg, modality_weights=weights, file_resolver=chat.file_resolver, policy=chat.content_policy
@@ -243,7 +247,7 @@ class Conversation:
                     attached = [named(chat, x) for x in content.media]
                     last_media = attached
                     past += announce(chat, attached, content.descriptions)
-                pending = content.text
+                pending = with_context(content.text, block_context(m.content)[0] if use_experts else [])
             elif isinstance(m, AIMessage) and not m.tool_calls and not m.invalid_tool_calls:
                 answer = message_text(m)
                 if pending is not None and answer:
@@ -257,8 +261,10 @@ class Conversation:
             content = split(rest[last_h])
             media = [named(chat, x) for x in content.media]
             announcements = announce(chat, media, content.descriptions)
-            experts = [Remembered(chat._findings, e) for e in chat.experts]
-            text = with_context(content.text, run_experts(experts, media))
+            lines, settled = block_context(rest[last_h].content)
+            if use_experts and not settled:
+                lines = run_experts([Remembered(chat._findings, e) for e in chat.experts], media)
+            text = with_context(content.text, lines if use_experts else [])
         return cls(system or None, past, text, media or last_media, announcements, rest[last_h + 1 :])
 
     def past_pairs(self) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ import typer
 from ibllm_agent.cli.run import (
     CACHE_OPT,
     DEVICE_OPT,
+    EXPERTS_OPT,
     MEMORY_OPT,
     MODEL_OPT,
     NO_TOOLS_OPT,
@@ -161,10 +162,11 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed per turn."),
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
+        experts: bool = EXPERTS_OPT,
     ) -> None:
         from ibllm_agent.errors import IbllmError
 
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, experts)
         session = ChatSession(agent, thread or uuid.uuid4().hex[:12])
         with agent:
             if thread:

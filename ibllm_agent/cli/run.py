@@ -52,6 +52,12 @@ WORKSPACE_OPT = typer.Option(None, "--workspace", help="Root folder for thread f
 TOOL_OPT = typer.Option([], "--tool", help="Use only this registered tool (repeatable).")
 NO_TOOLS_OPT = typer.Option(False, "--no-tools", help="Plain chat without tools.")
 DEVICE_OPT = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda).")
+EXPERTS_OPT = typer.Option(
+    False, "--experts/--no-experts",
+    help="Run the context experts on attachments: Whisper speech-to-text on audio, the video object "
+    "detector on video; their findings go before the prompt as (recognized text: …) / (detected object "
+    "classes: …). Needs the whisper_tiny and groundingdino_swint_ogc weights.",
+)
 CACHE_OPT = typer.Option(
     None, "--cache", help="Visual-cache folder (ibllm-agent cache build) for cache-enhanced encoding "
     "(default: the visual_cache setting, env IBLLM_VISUAL_CACHE)."
@@ -67,6 +73,7 @@ def make_agent(
     max_steps: int,
     device: str | None,
     cache: Path | None = None,
+    experts: bool = False,
 ) -> Any:
     """Build the CLI's agent (heavy imports happen here, not at CLI start-up)."""
     from ibllm_agent.agent import build_agent
@@ -82,6 +89,7 @@ def make_agent(
         max_steps=max_steps,
         device=settings.device,
         cache_dir=settings.visual_cache,
+        experts=experts or None,
     )
 
 
@@ -116,6 +124,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(8, "--max-steps", min=1, help="Tool steps allowed in the turn."),
         device: str | None = DEVICE_OPT,
         cache: Path | None = CACHE_OPT,
+        experts: bool = EXPERTS_OPT,
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         ground: bool = typer.Option(
             False, "--ground", help="Detection cascade: find the answer's nouns in the image with the detector "
@@ -125,7 +134,7 @@ def register(app: typer.Typer) -> None:
         thread_id = thread or uuid.uuid4().hex[:12]
         files = _attachments(image=image, audio=audio, video=video, point=point, depth=depth,
                              thermal=thermal, imu=imu)
-        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache)
+        agent = make_agent(model, memory, workspace, tool, no_tools, max_steps, device, cache, experts)
         with agent:
             if json_out:
                 result = agent.send(thread_id, prompt, files)

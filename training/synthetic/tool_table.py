@@ -1,8 +1,8 @@
 """The tools the synthetic tool-use data talks about, with instruction templates per tool.
 
 GPT4Tools tools come from ``ibllm_agent.tools.catalog`` (exact names, runtime descriptions, input
-fields). The expert tools of the audio/video issue (``Transcribe Speech From Audio``, ``Detect Objects
-In Video``) are described here in the same style until their registered descriptions exist.
+fields); so do the audio/video expert tools (``Transcribe Speech From Audio``, ``Detect Objects In
+Video``, ``catalog.PROJECT_DESCRIPTIONS``), whose second field (language / vocabulary) is optional.
 
 Templates use ``{file}`` (the attachment's name), ``{obj}`` (an object in the scene), ``{text}`` (a thing
 to draw), ``{style}``, ``{question}``, ``{new}`` (a replacement object). Each tool's templates are split:
@@ -14,26 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ibllm_agent.tools.catalog import INPUT_FIELDS, RUNTIME_DESCRIPTIONS
+from ibllm_agent.tools.catalog import INPUT_FIELDS, PROJECT_DESCRIPTIONS, RUNTIME_DESCRIPTIONS
 
 TRANSCRIBE = "Transcribe Speech From Audio"
 VIDEO_DETECT = "Detect Objects In Video"
 DETECT = "Detect the Give Object"
 CAPTION = "Get Photo Description"
 
-EXPERT_DESCRIPTIONS = {
-    TRANSCRIBE: (
-        "useful when you want to know what is said in an audio clip or a recording, like: transcribe "
-        "this recording, or what does the speaker say. The input to this tool should be a comma separated "
-        "string of one or two, representing the audio_path and optionally the language"
-    ),
-    VIDEO_DETECT: (
-        "useful when you want to know which objects appear in a video clip and when, like: what is in this "
-        "video, or find the cat in this clip. The input to this tool should be a comma separated string of "
-        "one or two, representing the video_path and optionally the objects to look for"
-    ),
-}
-EXPERT_FIELDS = {TRANSCRIBE: ("audio_path", "language"), VIDEO_DETECT: ("video_path", "vocabulary")}
+# The registered descriptions and fields (tools/catalog.py), so the data teaches what the agent shows.
+EXPERT_DESCRIPTIONS = {name: PROJECT_DESCRIPTIONS[name] for name in (TRANSCRIBE, VIDEO_DETECT)}
+EXPERT_FIELDS = {name: INPUT_FIELDS[name] for name in (TRANSCRIBE, VIDEO_DETECT)}
 EXPERT_REQUIRED = {TRANSCRIBE: 1, VIDEO_DETECT: 1}
 
 # Conditional generators and the extractor that must run first (GPT4Tools' prerequisite pairs).
