@@ -76,9 +76,11 @@ def test_three_turns_reuse_across_turns_with_identical_outputs(model, tok):
 def test_weights_media_or_history_change_is_never_reused(model, tok):
     eng = Generator(hf_step(model), tok, context_length=1024)
     conversation(tok, eng, ("image-A", "weights-1"))
-    # Another image or newer weights: another key, nothing reused (the first step prefills everything).
-    assert conversation(tok, eng, ("image-B", "weights-1"))[0][1] == 0
-    assert conversation(tok, eng, ("image-A", "weights-2"))[0][1] == 0
+    # Another image or newer weights: another key, nothing reused, although the tokens match.
+    first = tok.encode(f"{SYSTEM}History:\nNew input: What is in image/ab12cd34.png?\nThought:")
+    assert eng.generate([first], GREEDY, context_key=("image-A", "weights-1"))[0].reused_tokens == len(first) - 1
+    assert eng.generate([first], GREEDY, context_key=("image-B", "weights-1"))[0].reused_tokens == 0
+    assert eng.generate([first], GREEDY, context_key=("image-A", "weights-2"))[0].reused_tokens == 0
     # An edited history: turn 3 reuses only the part before the edit, and its outputs stay exact.
     fresh = Generator(hf_step(model), tok, context_length=1024, prefix_cache=False)
     eng2 = Generator(hf_step(model), tok, context_length=1024)
