@@ -23,7 +23,7 @@ from ibllm_agent.cli import _register_all, app
 from ibllm_agent.weights import WeightFile, WeightSpec
 
 ALL_COMMANDS = ["chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info"]
-PLANNED = ["serve", "ui", "train", "demo"]
+PLANNED = ["demo"]
 BIN = Path(sys.executable).parent
 
 

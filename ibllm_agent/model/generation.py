@@ -105,6 +105,28 @@ class TextStream(Iterator[str]):
         self._gen.close()  # type: ignore[attr-defined]
 
 
+class BatchStream(Iterator[list[tuple[int, str]]]):
+    """The iterator ``Generator.stream_batch`` returns: per step a list of ``(row, delta)``;
+    ``.results`` (one ``Result`` per row) is set once exhausted."""
+
+    def __init__(self, run: Iterator[list[tuple[int, str]]]):
+        self._run = run
+        self.results: list[Result] | None = None
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> list[tuple[int, str]]:
+        try:
+            return next(self._run)
+        except StopIteration as stop:
+            self.results = stop.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._run.close()  # type: ignore[attr-defined]
+
+
 def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     """A ``step`` for a transformers causal LM (e.g. ``LlamaForCausalLM``).
 
@@ -229,6 +251,24 @@ class Generator:
                 run.close()  # a consumer that stops early still lets the engine keep its cache
 
         return TextStream(deltas())
+
+    def stream_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: Sampling | None = None,
+        *,
+        step: Step | None = None,
+    ) -> BatchStream:
+        """Complete several prompts as ONE left-padded batch, yielding per decoding step a list of
+        ``(row, text delta)``; ``.results`` holds one ``Result`` per prompt once exhausted.
+
+        What a server needs to share forward passes between requests while streaming each its own
+        text. Rows are independent (their own detokenizer, stop strings and finish); ``close()``
+        stops decoding for all rows. No prefix reuse (B > 1 never uses the prefix cache).
+        """
+        if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+            raise PromptError("stream_batch expects a non-empty list of prompts, each a list of token ids")
+        return BatchStream(self._run(self._prepare(prompts, sampling), None, step or self.step))
 
     def clear_cache(self) -> None:
         """Drop every cached prefix (e.g. after the model's weights changed)."""
