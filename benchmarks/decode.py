@@ -67,9 +67,9 @@ def no_eos(step, eos: int):
     """Mask EOS so a random model always decodes the requested number of tokens."""
 
     def wrapped(*args):
-        logits, past = step(*args)
+        logits, cache = step(*args)
         logits[..., eos] = float("-inf")
-        return logits, past
+        return logits, cache
 
     return wrapped
 
@@ -88,12 +88,12 @@ class Clock:
         self.prefill: list[float] = []
         self.engine = 0.0  # seconds spent inside the engine's iterator (model + engine work)
 
-    def __call__(self, input_ids, attention_mask, position_ids, past):
+    def __call__(self, input_ids, attention_mask, position_ids, cache):
         start = time.perf_counter()
-        out = self.step(input_ids, attention_mask, position_ids, past)
+        out = self.step(input_ids, attention_mask, position_ids, cache)
         sync(self.device)
         spent = time.perf_counter() - start
-        (self.decode if past is not None and input_ids.shape[1] == 1 else self.prefill).append(spent)
+        (self.decode if cache is not None and input_ids.shape[1] == 1 else self.prefill).append(spent)
         return out
 
 
@@ -139,7 +139,7 @@ def build_models(a: argparse.Namespace, tok, device: torch.device, dtype: torch.
         # Same weights: without injection the logits are the bare model's; with it they move.
         ids = torch.tensor([[tok.bos_id, *range(3, 19)]], device=device)
         ref = bare(input_ids=ids).logits.float()
-        off, on = mm(ids, None)[0].float(), mm(ids, injection)[0].float()
+        off, on = mm(ids)[0].float(), mm(ids, visual=injection)[0].float()
     mm.logit_check = ((off - ref).abs().max().item(), (on - ref).abs().max().item())
     print(f"same base weights: max |logits(ImageBindLLM, no visual) - logits(bare)| = "
           f"{mm.logit_check[0]:.2e}; injection moves logits by up to {mm.logit_check[1]:.2e}")
@@ -150,9 +150,9 @@ def decode_speed(a, tok, device, dtype, ctx):
     bare, mm, injection = build_models(a, tok, device, dtype, ctx)
     variants = {"bare LlamaForCausalLM": no_eos(hf_step(bare), tok.eos_id)}
     if mm is not None:
-        def mm_step(input_ids, attention_mask, position_ids, past):
-            return mm(input_ids, injection, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past, use_cache=True, logits_to_keep=1)
+        def mm_step(input_ids, attention_mask, position_ids, cache):
+            return mm(input_ids, visual=injection, attention_mask=attention_mask, position_ids=position_ids,
+                      cache=cache, use_cache=True, logits_to_keep=1)
 
         variants["ImageBindLLM (injection on)"] = no_eos(mm_step, tok.eos_id)
     gen = Generator(hf_step(bare), tok, context_length=ctx, device=device, prefix_cache=False)
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"vocab {a.vocab}; device {device}, {a.dtype}, torch threads {torch.get_num_threads()}")
     mm, injection, bare, figures = decode_speed(a, tok, device, dtype, ctx)
     if mm is not None:
-        def step(input_ids, attention_mask, position_ids, past):
-            return mm(input_ids, injection, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past, use_cache=True, logits_to_keep=1)
+        def step(input_ids, attention_mask, position_ids, cache):
+            return mm(input_ids, visual=injection, attention_mask=attention_mask, position_ids=position_ids,
+                      cache=cache, use_cache=True, logits_to_keep=1)
     else:
         step = hf_step(bare)
     figures.update(agent_turn(a, tok, device, ctx, no_eos(step, tok.eos_id)))

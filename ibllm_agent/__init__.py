@@ -2,7 +2,10 @@
 
 Public API (imported lazily so ``import ibllm_agent`` stays light; nothing heavy happens at import):
 
-- ``ImageBindLLM``          the multimodal LLaMA (``ibllm_agent.model``)
+- ``load_model``            name or folder → ``MultimodalLLM`` (media stage + model), Settings rules
+                            for device/dtype (``ibllm_agent.loading``)
+- ``ImageBindLLM``          the multimodal LLaMA: token ids + visual features (``ibllm_agent.model``)
+- ``MediaEncoder``          the media stage: media → fused ImageBind features (``ibllm_agent.media_encoder``)
 - ``ChatImageBindLLM``      the LangChain chat model (``ibllm_agent.chat``)
 - ``VisualCache``           the FAISS cache of image features (``ibllm_agent.cache``)
 - ``build_agent``           a LangGraph agent with memory and tools (``ibllm_agent.agent``)
@@ -18,6 +21,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "load_model": "ibllm_agent.loading",
+    "MultimodalLLM": "ibllm_agent.multimodal",
+    "MediaEncoder": "ibllm_agent.media_encoder",
+    "VisualFeatures": "ibllm_agent.types",
     "ImageBindLLM": "ibllm_agent.model",
     "ChatImageBindLLM": "ibllm_agent.chat",
     "VisualCache": "ibllm_agent.cache",

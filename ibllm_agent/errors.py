@@ -61,6 +61,11 @@ class MemoryURLError(IbllmError, ValueError):
     """An agent memory URL (``sqlite:///…``, ``postgres://…``, ``memory``) is malformed or unusable."""
 
 
+class ThreadBusyError(IbllmError):
+    """A turn was sent to a conversation thread that is still running another turn (in this or
+    another process sharing the memory database) and the wait for it ran out."""
+
+
 class ToolRegistryError(IbllmError, ValueError):
     """A tool cannot be registered or found (duplicate or unknown name, bad entry point)."""
 

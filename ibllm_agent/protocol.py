@@ -25,7 +25,7 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -233,6 +233,7 @@ def map_arguments(raw: str, tool: ToolSpec | Mapping[str, Any]) -> dict[str, Any
             return obj
     stripped = _unquote(raw)
     if len(names) == 1:
+        _check_filled(spec, names[0], stripped, names[0] in set(spec.required), raw)
         return {names[0]: _coerce(stripped, props[names[0]], spec.name, names[0])}
     required = [n for n in names if n in set(spec.required)]
     pieces = stripped.split(",")
@@ -243,17 +244,30 @@ def map_arguments(raw: str, tool: ToolSpec | Mapping[str, Any]) -> dict[str, Any
             f"({', '.join(required)}), got {0 if not stripped else len(pieces)}: {raw!r}"
         )
     # The first n_fill-1 fields take one piece each; the last filled field takes the remainder.
-    values = [p for p in pieces[: n_fill - 1]] + [",".join(pieces[n_fill - 1 :])]
+    values = [_unquote(p) for p in pieces[: n_fill - 1]] + [_unquote(",".join(pieces[n_fill - 1 :]))]
+    for name, value in zip(names[:n_fill], values):
+        _check_filled(spec, name, value, name in set(spec.required), raw)
     return {
-        name: _coerce(_unquote(value), props[name], spec.name, name)
+        name: _coerce(value, props[name], spec.name, name)
         for name, value in zip(names[:n_fill], values)
     }
 
 
-def _unquote(text: str) -> str:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        text = text[1:-1].strip()
+def _check_filled(spec: ToolSpec, name: str, value: str, required: bool, raw: str) -> None:
+    """An empty required value is an invalid call the model reads, not a tool run on ``""``."""
+    if required and not value:
+        raise ToolArgumentError(
+            f"tool {spec.name!r}: required argument {name!r} is empty in Action Input {raw[:200]!r}"
+        )
+
+
+def _unquote(text: str, *, strip: bool = True) -> str:
+    """``text`` without matching pairs of surrounding quotes (``"…"``, ``'…'`` or backticks), removed
+    symmetrically: a quote without its partner stays, so the tool (or the workspace) reports the
+    value as written instead of a silently different one."""
+    text = text.strip() if strip else text
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip() if strip else text[1:-1]
     return text
 
 
@@ -321,7 +335,7 @@ def parse_step(text: str) -> ParsedStep:
     if ai_first >= 0 and not (m and m.end() <= ai_first):
         return ParsedStep("final", raw, thought, answer=raw[ai_last + len(AI_PREFIX) + 1 :].strip())
     if m:
-        action, action_input = m.group(1).strip(), m.group(2).strip(" ").strip('"')
+        action, action_input = m.group(1).strip(), _unquote(m.group(2).strip(" "), strip=False)
         if not action:
             return ParsedStep("invalid", raw, thought, "", action_input, error="empty tool name after 'Action:'")
         return ParsedStep("action", raw, thought, action, action_input)
@@ -437,6 +451,34 @@ class ScratchStep:
 def render_step_text(action: str, action_input: str) -> str:
     """Canonical text of a tool step that has no raw model text to replay."""
     return f"{THOUGHT_YES}\nAction: {action}\nAction Input: {action_input}"
+
+
+def cut_observation(text: str, max_chars: int) -> str:
+    """``text`` when it fits in ``max_chars``, else its head plus a note saying how much was left out
+    (total ≤ ``max_chars``; the note is what the model reads instead of the rest)."""
+    if len(text) <= max_chars:
+        return text
+    note = "\n[observation cut: {total} characters, the first {kept} shown]"
+    kept = max(0, max_chars - len(note.format(total=len(text), kept=max_chars)))
+    return text[:kept] + note.format(total=len(text), kept=kept)
+
+
+MIN_OBSERVATION_CHARS = 200
+
+
+def fit_observations(steps: Sequence[ScratchStep], fits: Callable[[Sequence[ScratchStep]], bool]) -> list[ScratchStep]:
+    """``steps`` with the longest observations cut (halved, at least ``MIN_OBSERVATION_CHARS`` kept,
+    each with a note) until ``fits(steps)``; unchanged when they fit. Observations are always cut
+    from their full text, so notes never pile up."""
+    out = list(steps)
+    limits = [len(s.observation) for s in steps]
+    while not fits(out):
+        i = max(range(len(out)), key=lambda j: limits[j], default=None)
+        if i is None or limits[i] <= MIN_OBSERVATION_CHARS:
+            break  # nothing left to cut: the history policy and the model's own check take over
+        limits[i] = max(MIN_OBSERVATION_CHARS, limits[i] // 2)
+        out[i] = ScratchStep(steps[i].text, cut_observation(steps[i].observation, limits[i]))
+    return out
 
 
 def render_scratchpad(steps: Sequence[ScratchStep]) -> str:

@@ -1,17 +1,22 @@
 """Small typed values the stages of the data path exchange.
 
-media ─► encoders ─► cache ─► model ─► protocol ─► chat model ─► agent
+media ─► encoders ─► cache ─► fusion ═ VisualFeatures ═► model ─► protocol ─► chat model ─► agent
 
 ``Media`` is an attachment (any source a loader accepts, plus its modality and fusion weight).
-``Sampling`` and ``CacheSettings`` are per-call knobs. ``Generation`` is what a text generator
-returns. ``TextGenerator`` is the seam between the chat model and whatever produces text: the real
-``ImageBindLLM`` or, in tests, a scripted generator whose outputs are known.
+``VisualFeatures`` is what the media stage (``ibllm_agent.media_encoder.MediaEncoder``) hands the
+model: tensors only. ``Sampling`` and ``CacheSettings`` are per-call knobs. ``Generation`` is what a
+text generator returns. ``TextGenerator`` is the seam between the chat model and whatever produces
+text: the ``MultimodalLLM`` of ``ibllm_agent.load_model`` (media stage + ``ImageBindLLM``) or, in
+tests, a scripted generator whose outputs are known.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # torch is not imported by this module (it stays light)
+    import torch
 
 Modality = Literal["image", "video", "audio", "text", "point", "depth", "thermal", "imu"]
 MODALITIES: tuple[str, ...] = ("image", "video", "audio", "text", "point", "depth", "thermal", "imu")
@@ -52,6 +57,38 @@ class CacheSettings:
     k: int = 10
     t: float = 20.0
     alpha: float = 0.5
+
+
+@dataclass
+class VisualFeatures:
+    """The media stage's output, the model's visual input (one row per sample of a batch).
+
+    features: [B, D] float32: per sample the L2-normalised ImageBind embeddings of its attachments,
+    mixed with weights / (Σw + 1e-6) (not re-normalised), then cache-enhanced when a visual cache is
+    used; a sample without media holds the text-only placeholder.
+    active: [B] bool: rows that get a visual injection (False for a sample without media under the
+    text-only policy ``off``).
+    """
+
+    features: torch.Tensor
+    active: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.features.dim() != 2 or self.active.shape != self.features.shape[:1]:
+            from ibllm_agent.errors import ConfigError
+
+            raise ConfigError(
+                f"VisualFeatures needs features [B, D] and active [B], got {tuple(self.features.shape)} "
+                f"and {tuple(self.active.shape)}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def any_active(self) -> bool:
+        return bool(self.active.any())
 
 
 @dataclass

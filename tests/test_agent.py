@@ -214,9 +214,10 @@ def test_path_escapes_and_unknown_files_are_error_observations(tmp_path, plugin,
     assert call.output.startswith(expected.replace("{abs}", str(secret)).replace("{name}", stored.name))
     assert r.answer == call.output  # the model read the error as its observation
     assert plugin.CALLS == []  # the tool never ran
-    # Nothing was written outside the workspace (the sqlite memory is the only file that changed),
-    # and nothing new inside it either.
-    outside_after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if "ws" not in p.parts}
+    # Nothing was written outside the workspace (the sqlite memory and its per-thread turn locks in
+    # mem.sqlite.locks/ are the only files that changed), and nothing new inside it either.
+    outside_after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")
+                     if "ws" not in p.parts and "mem.sqlite.locks" not in p.parts}
     changed = {p.name for p in outside_after if outside_before.get(p) != outside_after[p]}
     assert changed <= {"mem.sqlite", "mem.sqlite-wal", "mem.sqlite-shm"}
     assert ws.files() == files_before
@@ -433,7 +434,11 @@ def test_tool_models_share_a_budget_and_swap_lru(tmp_path):
     for tool_name in ["Get Photo Description", "Predict Depth On Image", "Get Photo Description"]:
         steps += [lambda p, m, s, t=tool_name: tool_step(t, announced(p)), lambda p, m, s: answer(last_observation(p))]
     gen = ScriptedGenerator(steps)
-    agent = _agent(gen, tmp_path, tools=tools, device="cuda:7", model_budget="1GiB")  # only one fits
+    # A ready-made pool: its device name is only passed to the loaders (build_agent's own device=
+    # is checked against the machine, and this one has no cuda:7).
+    from ibllm_agent.agent.models import ModelPool
+
+    agent = _agent(gen, tmp_path, tools=tools, pool=ModelPool(device="cuda:7", budget="1GiB"))  # only one fits
     img = make_image(tmp_path / "x.png")
     answers = [agent.send("t", "go", [img]).answer for _ in range(3)]
     assert answers == ["blip ran", "dpt ran", "blip ran"]

@@ -77,7 +77,7 @@ def test_folder_and_foreign_objects_rejected(tmp_path):
         open_memory(42)
     bad = tmp_path / "not.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(MemoryURLError, match="cannot open memory database"):
+    with pytest.raises(MemoryURLError, match="not an SQLite database"):
         open_memory(f"sqlite:///{bad}")
 
 

@@ -179,13 +179,13 @@ def test_tiny_model_encodes_attached_media(samples, monkeypatch):
     the right shape, fused with the per-call weights."""
     chat = ChatImageBindLLM(preset="tiny", max_new_tokens=4, temperature=0.0)
     seen = []
-    original = type(chat.model)._encode_tensor
+    original = type(chat.model.media).encode_tensor
 
     def spy(self, modality, x):
         seen.append((modality, tuple(x.shape)))
         return original(self, modality, x)
 
-    monkeypatch.setattr(type(chat.model), "_encode_tensor", spy)
+    monkeypatch.setattr(type(chat.model.media), "encode_tensor", spy)
     msg = chat.invoke(
         [HumanMessage(content=[
             {"type": "text", "text": "What is this?"},

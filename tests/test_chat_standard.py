@@ -27,7 +27,7 @@ from ibllm_agent.chat import ChatImageBindLLM
 # The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
 pytestmark = pytest.mark.asyncio
 
-PARAMS = {"preset": "tiny", "max_new_tokens": 12}
+PARAMS = {"preset": "tiny", "max_new_tokens": 12, "seed": 0}  # seeded: a random model must not hit EOS by chance
 
 RANDOM_MODEL = (
     "the tiny preset has random weights: it cannot produce a GPT4Tools 'Action:' step or a schema-valid "

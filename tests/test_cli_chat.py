@@ -58,7 +58,7 @@ def test_chat_repl_attach_ask_stream(tmp_path, plugin_root):
         child.expect_exact("you> ")
         child.sendline("/history")
         child.expect_exact(f"you: How many words in 'one two three'? [{name}]")
-        child.expect_exact("ai: There are 3 words, and I got your image.")
+        child.expect_exact("ai> There are 3 words, and I got your image.")
         child.expect_exact("you> ")
         child.sendline("/thread c2")
         child.expect_exact("thread c2 (0 messages)")

@@ -301,8 +301,11 @@ def test_hf_base_without_adapter_initialises_pretrain_model(converted, sources, 
 
     assert model.config.visual_dim == 64 == model.bind.proj.in_features
     save_file(ImageBind.from_preset("tiny_w3d").state_dict(), str(out / "encoder.safetensors"))
-    model = ImageBindLLM.from_pretrained(out, device="cpu")
-    assert model.visual_tokens([Media("image", torch.zeros(3, 224, 224))]).visual.shape == (1, 1, DIM)
+    from ibllm_agent.multimodal import MultimodalLLM
+
+    model = MultimodalLLM.from_llm(ImageBindLLM.from_pretrained(out, device="cpu"))
+    feats = model.encode([Media("image", torch.zeros(3, 224, 224))])
+    assert model.llm.visual_input(feats).visual.shape == (1, 1, DIM)
 
 
 def test_bad_sources_raise_checkpoint_errors_naming_keys(sources, converted, tmp_path):
@@ -512,7 +515,8 @@ def test_full_training_checkpoint_converts_like_the_release(sources, converted, 
 
 
 def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
-    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B, writes <weights_dir>/demo."""
+    """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B_chinese (or the
+    --llama-type given), writes <weights_dir>/demo."""
     import shutil
 
     weights = tmp_path / "weights"
@@ -522,7 +526,10 @@ def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     (weights / "imagebind_llm").mkdir(parents=True)
     shutil.copyfile(sources["adapter"], weights / "imagebind_llm" / "7B.pth")
     shutil.copytree(sources["llama"].parent, weights / "llama")
+    # The stable adapter's base is Open-Chinese-LLaMA (llama/7B_chinese): missing here, and said so.
     res = _cli_in_process("--from-registry", "--encoder", "tiny_w3d")
+    assert res.exit_code != 0 and "pull imagebind-llm-7b" in str(res.exception)
+    res = _cli_in_process("--from-registry", "--llama-type", "7B", "--encoder", "tiny_w3d")
     assert res.exit_code == 0, res.output
     model = ImageBindLLM.from_pretrained(weights / "demo", device="cpu")
     assert model.config.lora_rank == RANK

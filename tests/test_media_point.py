@@ -157,6 +157,7 @@ def test_upsampling_keeps_every_point():
     assert set(counts.tolist()) == {8, 9} and int((counts == 9).sum()) == 192
 
 
-def test_single_point_cloud():
-    out = media.load(np.array([[1.0, 2.0, 3.0]]), "point")
-    assert out.shape == (8192, 3) and torch.count_nonzero(out) == 0
+def test_single_point_cloud_is_an_error_not_zeros():
+    # One point (or many identical ones) has no extent: scaling to the unit sphere is undefined.
+    with pytest.raises(media.InvalidValuesError, match="coincide"):
+        media.load(np.array([[1.0, 2.0, 3.0]]), "point")

@@ -13,6 +13,7 @@ from ibllm_agent.model import ImageBindLLM
 from ibllm_agent.model.config import ImageBindLLMConfig, config_tiny, lm_config_from_meta_params
 from ibllm_agent.model.fusion import fuse, fuse_batch
 from ibllm_agent.model.peft import PeftLinear
+from ibllm_agent.multimodal import MultimodalLLM
 from ibllm_agent.types import Media
 
 
@@ -214,45 +215,47 @@ class _RecordingCache:
 
 
 def test_encode_media_fuses_normalised_embeddings_and_uses_cache():
-    model = ImageBindLLM.from_preset("tiny", seed=0)
+    mm = MultimodalLLM.from_llm(ImageBindLLM.from_preset("tiny", seed=0))
     g = torch.Generator().manual_seed(0)
     img = torch.randn(3, 224, 224, generator=g)
     aud = torch.randn(3, 1, 128, 204, generator=g)  # 3 preprocessed fbank clips (media.load's item shape)
     with torch.no_grad():
-        e_img = model.encoder.encode("image", img[None]).float()[0]
-        e_pts = model.encoder.encode("audio", aud[None]).float()[0]
-    feats = model.encode_media([Media("image", img, 1.0), Media("audio", aud, 0.5)])
+        e_img = mm.media.encoder.encode("image", img[None]).float()[0]
+        e_pts = mm.media.encoder.encode("audio", aud[None]).float()[0]
+    feats = mm.encode([Media("image", img, 1.0), Media("audio", aud, 0.5)]).features
     w = torch.tensor([1.0, 0.5]) / (1.5 + 1e-6)
     expected = w[0] * e_img / e_img.norm() + w[1] * e_pts / e_pts.norm()
     torch.testing.assert_close(feats[0], expected, rtol=1e-5, atol=1e-6)
 
     cache = _RecordingCache()
-    model.visual_cache = cache
+    mm = mm.with_cache(cache)
     from ibllm_agent.types import CacheSettings
 
-    enhanced = model.encode_media([Media("image", img)], CacheSettings(k=3, t=7.0, alpha=0.25))
+    enhanced = mm.encode([Media("image", img)], CacheSettings(k=3, t=7.0, alpha=0.25)).features
     assert len(cache.calls) == 1 and cache.calls[0][1:] == (3, 7.0, 0.25)
     torch.testing.assert_close(enhanced[0], torch.nn.functional.normalize(e_img / e_img.norm() / (1 + 1e-6) + 1, dim=-1))
-    model.encode_media([Media("image", img)], CacheSettings(enabled=False))
+    mm.encode([Media("image", img)], CacheSettings(enabled=False))
     assert len(cache.calls) == 1  # disabled: not consulted
 
 
 def test_text_only_policies():
     model = ImageBindLLM.from_preset("tiny", seed=0)
     _set_gates(model)
+    mm = MultimodalLLM.from_llm(model)
     ids = torch.tensor([model.tokenizer.encode("Hello there")])
-    inj = model.visual_tokens(None)
+    inj = model.visual_input(mm.encode(None))
     assert inj is not None  # zero_image: the reference's blank-image placeholder is injected
     with torch.no_grad():
-        zero = model.encoder.encode("image", torch.zeros(1, 3, 224, 224)).float()
+        zero = mm.media.encoder.encode("image", torch.zeros(1, 3, 224, 224)).float()
         expected_visual = model.bind(torch.nn.functional.normalize(zero, dim=-1) / (1 + 1e-6))
     torch.testing.assert_close(inj.visual, expected_visual, rtol=1e-5, atol=1e-6)
     off = ImageBindLLM.from_preset("tiny", seed=0, text_only="off")
     _set_gates(off)
-    assert off.visual_tokens(None) is None
+    off_mm = MultimodalLLM.from_llm(off)
+    assert off.visual_input(off_mm.encode(None)) is None
     with torch.no_grad():
         a, _ = off(ids)
-        b, _ = off(ids, visual=off.visual_tokens(None))
+        b, _ = off(ids, features=off_mm.encode(None))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -272,23 +275,24 @@ def test_batched_forward_equals_single():
 
 
 def test_batched_media_equals_single():
-    model = ImageBindLLM.from_preset("tiny", seed=0)
+    model = MultimodalLLM.from_llm(ImageBindLLM.from_preset("tiny", seed=0))
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(3, 224, 224, generator=g), torch.randn(3, 224, 224, generator=g)
-    batch = model.encode_media([[Media("image", a)], [Media("image", b), Media("image", a, 2.0)]])
-    single_a = model.encode_media([Media("image", a)])
-    single_ba = model.encode_media([Media("image", b), Media("image", a, 2.0)])
+    batch = model.encode([[Media("image", a)], [Media("image", b), Media("image", a, 2.0)]]).features
+    single_a = model.encode([Media("image", a)]).features
+    single_ba = model.encode([Media("image", b), Media("image", a, 2.0)]).features
     torch.testing.assert_close(batch[0], single_a[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(batch[1], single_ba[0], rtol=1e-5, atol=1e-6)
 
 
 def test_bad_media_weights_and_shapes_are_typed_errors():
     model = ImageBindLLM.from_preset("tiny", seed=0)
+    mm = MultimodalLLM.from_llm(model)
     img = torch.zeros(3, 224, 224)
     with pytest.raises(ConfigError, match="weights"):
-        model.encode_media([Media("image", img, 0.0)])
+        mm.encode([Media("image", img, 0.0)])
     with pytest.raises(ConfigError, match="Media"):
-        model.encode_media([["not media"]])
+        mm.encode([["not media"]])
     with pytest.raises(ConfigError, match="hidden size"):
         model.injection(torch.zeros(1, 1, 7))
     ids = torch.ones(3, 4, dtype=torch.long)
@@ -300,7 +304,9 @@ def test_bad_media_weights_and_shapes_are_typed_errors():
     odd = ImageBindLLM.from_preset("tiny", seed=0, visual_dim=24)
     assert odd.bind.proj.in_features == 24
     with pytest.raises(ConfigError, match="64-d embeddings but the bind network takes visual_dim=24"):
-        odd.encode_media([Media("image", img)])
+        MultimodalLLM.from_llm(odd)
+    with pytest.raises(ConfigError, match="64-d embeddings but the bind network takes visual_dim=24"):
+        odd(ids, features=mm.encode([Media("image", img)]).features.repeat(3, 1))
 
 
 def test_mixed_batch_with_text_only_off_injects_only_rows_with_media():
@@ -308,13 +314,18 @@ def test_mixed_batch_with_text_only_off_injects_only_rows_with_media():
     _set_gates(model)
     img = torch.zeros(3, 224, 224)
     img[1] = 1.0
+    mm = MultimodalLLM.from_llm(model)
     ids = torch.tensor([model.tokenizer.encode("What is this?")]).repeat(2, 1)
-    inj = model.visual_tokens([[Media("image", img)], []])
+    feats = mm.encode([[Media("image", img)], []])
+    assert feats.active.tolist() == [True, False]
+    inj = model.visual_input(feats)
     assert inj is not None and inj.batch_size == 2
     with torch.no_grad():
         mixed, _ = model(ids, visual=inj)
+        same, _ = model(ids, features=feats.features, active=feats.active)
         plain, _ = model(ids[:1])
-        alone, _ = model(ids[:1], visual=model.visual_tokens([Media("image", img)]))
+        alone, _ = model(ids[:1], features=mm.encode([Media("image", img)]))
+    torch.testing.assert_close(same, mixed, rtol=0, atol=0)
     torch.testing.assert_close(mixed[1], plain[0], rtol=0, atol=1e-6)  # no media, policy off: bare model
     torch.testing.assert_close(mixed[0], alone[0], rtol=1e-5, atol=1e-5)
     assert (mixed[0] - plain[0]).abs().max() > 1e-3

@@ -1,4 +1,5 @@
-"""ImageBindLLM.generate / stream on the tiny preset (the engine itself is tested in test_generation*)."""
+"""generate / stream on the tiny preset: ``MultimodalLLM`` (media stage + ``ImageBindLLM``), the
+``TextGenerator`` the chat model uses (the engine itself is tested in test_generation*)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import torch
 
 from ibllm_agent.errors import ConfigError, ContextLengthError
 from ibllm_agent.model import ImageBindLLM
+from ibllm_agent.multimodal import MultimodalLLM
 from ibllm_agent.types import Generation, Media, Sampling, TextGenerator
 
 
+def _tiny(seed: int, **overrides) -> MultimodalLLM:
+    return MultimodalLLM.from_llm(ImageBindLLM.from_preset("tiny", seed=seed, **overrides))
+
+
 @pytest.fixture(scope="module")
-def model() -> ImageBindLLM:
+def model() -> MultimodalLLM:
     m = ImageBindLLM.from_preset("tiny", seed=7)
     g = torch.Generator().manual_seed(8)
     with torch.no_grad():  # visible gates and a confident LM head, so media change greedy outputs
@@ -22,7 +28,7 @@ def model() -> ImageBindLLM:
         # A random-init encoder maps all images to nearly one direction; amplify what differs.
         m.prefix_query.weight.mul_(0.02)
         m.bind.proj.weight.mul_(10)
-    return m
+    return MultimodalLLM.from_llm(m)
 
 
 IMG_A = torch.zeros(3, 224, 224)
@@ -58,14 +64,14 @@ def test_media_changes_the_answer_and_batch_equals_single(model):
 def test_prefix_reuse_is_keyed_by_visual_input(model):
     s = Sampling(temperature=0, max_new_tokens=4)
     base = "Below is an instruction. ### Instruction: describe the picture and the sound. "
-    model.engine.clear_cache()
+    model.llm.engine.clear_cache()
     model.generate(base, [Media("image", IMG_A)], sampling=s)
     again = model.generate(base + "Thought: more", [Media("image", IMG_A)], sampling=s)
     assert again.extras["reused_tokens"] > 10  # the shared prompt prefix was not re-encoded
     other = model.generate(base + "Thought: more", [Media("image", IMG_B)], sampling=s)
     assert other.extras["reused_tokens"] == 0  # a different image never shares the cache
-    fresh = ImageBindLLM.from_preset("tiny", seed=7)
-    fresh.load_state_dict(model.state_dict())
+    fresh = _tiny(7)
+    fresh.llm.load_state_dict(model.llm.state_dict())
     ref = fresh.generate(base + "Thought: more", [Media("image", IMG_A)], sampling=s)
     assert ref.extras["token_ids"] == again.extras["token_ids"]  # reuse does not change the result
 
@@ -80,7 +86,7 @@ def test_errors(model):
 
 
 def test_text_only_prompts_reuse_the_prefix_too():
-    m = ImageBindLLM.from_preset("tiny", seed=7, text_only="off")
+    m = _tiny(7, text_only="off")
     s = Sampling(temperature=0, max_new_tokens=3)
     base = "Below is an instruction. ### Instruction: tell me a story about a dog. "
     m.generate(base, sampling=s)
@@ -119,7 +125,7 @@ def test_engine_follows_config_and_device_changes():
 
 
 def test_bad_prompt_and_preset_overrides_are_typed():
-    m = ImageBindLLM.from_preset("tiny", seed=3, text_only="off")
+    m = _tiny(3, text_only="off")
     with pytest.raises(ConfigError, match="prompt"):
         m.generate(None)
     with pytest.raises(ConfigError, match="bogus"):
@@ -131,7 +137,7 @@ def test_bad_prompt_and_preset_overrides_are_typed():
 
 
 def test_prefix_cache_is_not_reused_after_the_weights_change():
-    m = ImageBindLLM.from_preset("tiny", seed=11)
+    m = _tiny(11)
     s = Sampling(temperature=0, max_new_tokens=6)
     prompt = "Below is an instruction. ### Instruction: describe the picture in detail please. "
     img = [Media("image", IMG_B)]
@@ -139,11 +145,11 @@ def test_prefix_cache_is_not_reused_after_the_weights_change():
     assert m.generate(prompt, img, sampling=s).extras["reused_tokens"] > 10  # unchanged weights: reused
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # e.g. a training step between two generations
-        for i in m.config.layers:
-            m.lm.model.layers[i].self_attn.gate.copy_(torch.randn(1, m.config.num_heads, 1, 1, generator=g) * 3)
-        m.lm.lm_head.weight.mul_(20)
+        for i in m.llm.config.layers:
+            m.llm.lm.model.layers[i].self_attn.gate.copy_(torch.randn(1, m.llm.config.num_heads, 1, 1, generator=g) * 3)
+        m.llm.lm.lm_head.weight.mul_(20)
     after = m.generate(prompt, img, sampling=s)
     assert after.extras["reused_tokens"] == 0
-    fresh = ImageBindLLM.from_preset("tiny", seed=11)
-    fresh.load_state_dict(m.state_dict())
+    fresh = _tiny(11)
+    fresh.llm.load_state_dict(m.llm.state_dict())
     assert fresh.generate(prompt, img, sampling=s).extras["token_ids"] == after.extras["token_ids"]

@@ -21,10 +21,11 @@ GREEDY = Sampling(max_new_tokens=4, temperature=0)
 @pytest.fixture(scope="module")
 def tiny():
     from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.multimodal import MultimodalLLM
 
     # The raw template: a prompt ends with the client's own words, so the random model's answers
     # differ from prompt to prompt (under the long Alpaca preamble they mostly coincide).
-    return ImageBindLLM.from_preset("tiny", prompt_template="raw").eval()
+    return MultimodalLLM.from_llm(ImageBindLLM.from_preset("tiny", prompt_template="raw").eval())
 
 
 def test_batched_rows_equal_single_runs(tiny):
@@ -71,7 +72,7 @@ def test_bad_media_fails_only_its_own_request(tiny):
 
 
 def test_cancel_stops_decoding(tiny):
-    tiny.engine.stats.reset()
+    tiny.llm.engine.stats.reset()
     sched = BatchScheduler(tiny, max_batch_size=4, max_wait_s=0)
     try:
         ticket = sched.submit("tell me a long story", sampling=Sampling(max_new_tokens=300, temperature=0))
@@ -84,7 +85,7 @@ def test_cancel_stops_decoding(tiny):
     finally:
         sched.close()
     assert sched.stats.cancelled == 1
-    assert tiny.engine.stats.decode_tokens < 100
+    assert tiny.llm.engine.stats.decode_tokens < 100
 
 
 def test_queue_bound_and_close_drains():

@@ -47,14 +47,15 @@ def test_tool_results_and_errors_are_observations(tmp_path, detector):
         r = agent.send("t1", "find the square", attachments=[_photo(tmp_path / "p.png")])
     assert r.answer == "done"
     calls = r.tool_calls
-    assert [c.status for c in calls] == ["error", "error", "error", "success"]
-    assert "ToolInputError: the object text is empty" in calls[0].output
+    # The empty object is an invalid call (the model reads why), the others reach their tools.
+    assert [c.status for c in calls] == ["invalid", "error", "error", "success"]
+    assert "required argument 'object' is empty" in calls[0].output
     assert "file not found: image/00000000.png" in calls[1].output
     assert "MissingWeightError" in calls[2].output and "ibllm-agent download sam_vit_h" in calls[2].output
     first, *boxes = calls[3].output.splitlines()
     assert r.files == [first] and boxes
     # The model read each error as its observation.
-    assert "the object text is empty" in gen.calls[1][0].rsplit("Observation:", 1)[-1]
+    assert "required argument 'object' is empty" in gen.calls[1][0].rsplit("Observation:", 1)[-1]
 
 
 def _name(prompt: str) -> str:

@@ -7,15 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ibllm_agent.tools import ToolOptions, default_tools
+from ibllm_agent.tools.tiny import tiny_loaders
 from PIL import Image, ImageDraw
 
 from ibllm_agent.agent.models import ModelPool
 from ibllm_agent.agent.workspace import ThreadWorkspace
 from ibllm_agent.cli.tool import invoke_tool
-from ibllm_agent.errors import ConfigError, MissingWeightError, ToolInputError, WorkspaceFileNotFoundError
+from ibllm_agent.errors import (
+    ConfigError,
+    MissingWeightError,
+    ToolArgumentError,
+    ToolInputError,
+    WorkspaceFileNotFoundError,
+)
 from ibllm_agent.testing import ScriptedGenerator
-from ibllm_agent.tools import ToolOptions, default_tools
-from ibllm_agent.tools.tiny import tiny_loaders
 
 OPTIONS = ToolOptions(box_threshold=0.0, text_threshold=0.0, steps=2, diffusion_size=64, unclip_size=64, seed=0,
                       progress=False, sam_points_per_side=4)
@@ -96,7 +102,8 @@ def test_detect_draws_the_boxes_the_detector_returned(models, ws):
 
 def test_detect_rejects_empty_object_and_oversized_images(models, ws):
     name = put(ws, scene())
-    with pytest.raises(ToolInputError, match="object text is empty"):
+    # An empty required field never reaches the tool: the Action Input itself is invalid.
+    with pytest.raises(ToolArgumentError, match="required argument 'object' is empty"):
         run(models, ws, "Detect the Give Object", f"{name}, ")
     with pytest.raises(ToolInputError, match="at most 0.0 MP"):
         run(models, ws, "Detect the Give Object", f"{name}, cat", options=ToolOptions(max_image_pixels=100))
@@ -136,7 +143,7 @@ def test_remove_and_replace_inpaint_and_restore_the_size(models, ws):
     # Replace: exactly image, object, replacement; the remainder (commas included) is the replacement.
     obs, files = run(models, ws, "Replace Something From The Photo", f"{name}, square, a red ball, striped")
     assert files == [obs] and pipe.calls[-1]["prompt"] == "a red ball, striped"
-    with pytest.raises(ToolInputError, match="object to replace it with"):
+    with pytest.raises(ToolArgumentError, match="required argument 'replacement' is empty"):
         run(models, ws, "Replace Something From The Photo", f"{name}, square, ")
 
 
@@ -158,6 +165,7 @@ def test_text_to_image_uses_the_gpt4tools_prompts(models, ws):
 
 def test_any_to_image_conditions_unclip_on_the_weighted_imagebind_mix(models, ws):
     from ibllm_agent.tools.generation import imagebind_embeddings
+
     from ibllm_agent.types import Media
 
     a = put(ws, scene(), "image/aaaa0000.png")
@@ -173,8 +181,9 @@ def test_any_to_image_conditions_unclip_on_the_weighted_imagebind_mix(models, ws
 
 
 def test_mix_embeddings_cache_keeps_the_norm_and_point_scale():
-    from ibllm_agent.cache import VisualCache
     from ibllm_agent.tools.generation import POINT_SCALE, mix_embeddings
+
+    from ibllm_agent.cache import VisualCache
 
     e = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
     torch.testing.assert_close(mix_embeddings(e, [1, 1]), torch.tensor([1.5, 2.0, 0.0, 0.0]))
@@ -212,8 +221,9 @@ def test_missing_weights_name_the_download_entry(ws):
 
 
 def test_status_lists_what_each_tool_misses(tmp_path):
-    from ibllm_agent.config import get_settings
     from ibllm_agent.tools import tool_status
+
+    from ibllm_agent.config import get_settings
 
     rows = {r.name: r for r in tool_status(get_settings(weights_dir=tmp_path))}
     assert rows["Edge Detection On Image"].available

@@ -35,15 +35,15 @@ def _image() -> torch.Tensor:
 def test_chat_model_cache_dir_enhances_media_encoding(cache_dir):
     chat = ChatImageBindLLM(preset="tiny", cache_dir=str(cache_dir))
     model = chat.model
-    assert isinstance(model.visual_cache, VisualCache)
+    assert isinstance(model.media.cache, VisualCache)
     media = [Media("image", _image())]
-    plain = model.encode_media(media, CacheSettings(enabled=False))
-    enhanced = model.encode_media(media, CacheSettings())
-    expected = model.visual_cache.enhance(plain, k=10, t=20.0, alpha=0.5)
+    plain = model.encode(media, CacheSettings(enabled=False)).features
+    enhanced = model.encode(media, CacheSettings()).features
+    expected = model.media.cache.enhance(plain, k=10, t=20.0, alpha=0.5)
     assert not torch.allclose(plain, enhanced)
     torch.testing.assert_close(enhanced, expected)
     # Models are shared between chat models; one built without a cache must not see this one's.
-    assert ChatImageBindLLM(preset="tiny").model.visual_cache is None
+    assert ChatImageBindLLM(preset="tiny").model.media.cache is None
 
 
 def test_cache_dir_needs_a_model_with_a_visual_cache(cache_dir):
@@ -57,8 +57,8 @@ def test_agent_takes_the_cache_from_the_setting(cache_dir, monkeypatch, tmp_path
     monkeypatch.setenv("IBLLM_VISUAL_CACHE", str(cache_dir))
     agent = make_agent("tiny", "memory", tmp_path / "ws", [], True, 2, "cpu")
     with agent:
-        assert isinstance(agent.chat_model.model.visual_cache, VisualCache)
-        assert agent.chat_model.model.visual_cache.info()["count"] == 300
+        assert isinstance(agent.chat_model.model.media.cache, VisualCache)
+        assert agent.chat_model.model.media.cache.info()["count"] == 300
 
 
 def test_run_cli_cache_flag_and_bad_cache(cache_dir, tmp_path, monkeypatch, capsys):

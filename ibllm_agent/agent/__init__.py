@@ -7,6 +7,7 @@
 - ``registry``: tool registry (GPT4Tools names, ``@tool`` functions, entry points), ``ToolContext``.
 - ``models``: ``ModelPool`` — lazy heavy-model loading under a memory budget with LRU unloading.
 - ``middleware``: tool errors → observations, step limit, crash repair.
+- ``limits``: ``AgentLimits`` (tool time limit, observation size, one turn per thread).
 
 Names are imported lazily so ``import ibllm_agent.agent`` does not import LangChain.
 """
@@ -35,6 +36,7 @@ _LAZY = {
     "default_registry": "ibllm_agent.agent.registry",
     "gpt4tools_tool": "ibllm_agent.agent.registry",
     "ModelPool": "ibllm_agent.agent.models",
+    "AgentLimits": "ibllm_agent.agent.limits",
 }
 
 __all__ = list(_LAZY)

@@ -75,6 +75,7 @@ class Memory:
     kind: str
     saver: Any  # langgraph BaseCheckpointSaver
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+    path: str | None = None  # the SQLite database file (None: in memory, Postgres, in-process)
 
     def threads(self) -> list[ThreadInfo]:
         """Stored threads, most recently updated first."""
@@ -133,7 +134,11 @@ def open_memory(url: str | Any | None = None) -> Memory:
                 f"memory must be a URL string or a LangGraph checkpointer, got {type(url).__name__}"
             )
         kind = "sqlite" if type(url).__name__ == "SqliteSaver" else type(url).__name__
-        return Memory(url=f"<{type(url).__name__}>", kind=kind, saver=url)
+        path = None
+        if kind == "sqlite":
+            row = url.conn.execute("PRAGMA database_list").fetchone()
+            path = (row[2] or None) if row else None
+        return Memory(url=f"<{type(url).__name__}>", kind=kind, saver=url, path=path)
     if url is None:
         from ibllm_agent.config import get_settings
 
@@ -156,6 +161,8 @@ def open_memory(url: str | Any | None = None) -> Memory:
             except OSError as exc:
                 raise MemoryURLError(f"cannot create the folder of memory database {path}: {exc}") from exc
             target = str(path)
+            if path.is_file():
+                check_sqlite_file(path)
         try:
             # check_same_thread=False: the saver serialises access with its own lock, and the agent
             # runs tools/streams in worker threads.
@@ -174,7 +181,8 @@ def open_memory(url: str | Any | None = None) -> Memory:
         except sqlite3.DatabaseError as exc:
             stack.close()
             raise MemoryURLError(f"cannot open memory database {target}: {exc}") from exc
-        return Memory(url=url, kind=kind, saver=saver, _stack=stack)
+        return Memory(url=url, kind=kind, saver=saver, _stack=stack,
+                      path=None if target == ":memory:" else target)
     # postgres
     try:
         from langgraph.checkpoint.postgres import PostgresSaver
@@ -190,6 +198,54 @@ def open_memory(url: str | Any | None = None) -> Memory:
         stack.close()
         raise MemoryURLError(f"cannot connect to {_redact(url)}: {type(exc).__name__}: {exc}") from exc
     return Memory(url=url, kind=kind, saver=saver, _stack=stack)
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# Tables LangGraph's SqliteSaver creates, and the columns it reads; anything else is not our file.
+_OUR_TABLES = {"checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint", "metadata"},
+               "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel"}}
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a memory file that is damaged or belongs to another program, before anything opens it
+    for writing (``SqliteSaver.setup`` would add tables and switch the journal mode). The check
+    opens the file read-only and ``immutable`` (SQLite then writes nothing, not even a lock file).
+
+    Raises:
+        MemoryURLError: not an SQLite file, an unreadable one, or one with other tables.
+    """
+    advice = "it was left unchanged; use another file (--memory sqlite:///PATH) or move this one away"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise MemoryURLError(f"cannot read memory database {path}: {exc.strerror or exc}") from None
+    if not head:
+        return  # an empty file is an empty database: SQLite starts it
+    if head != _SQLITE_MAGIC:
+        raise MemoryURLError(f"memory database {path} is not an SQLite database (damaged, or another "
+                             f"program's file); {advice}")
+    uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            tables = {name: {row[1] for row in conn.execute(f"PRAGMA table_info('{_sql_text(name)}')")}
+                      for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                      if not name.startswith("sqlite_")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise MemoryURLError(f"memory database {path} is damaged ({exc}); {advice}") from None
+    foreign = sorted(n for n in tables if n not in _OUR_TABLES or not _OUR_TABLES[n] <= tables[n])
+    if foreign:
+        raise MemoryURLError(
+            f"memory database {path} belongs to another program (table(s) {', '.join(foreign[:5])} are not "
+            f"ibllm-agent's checkpoints); {advice}"
+        )
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def _redact(url: str) -> str:

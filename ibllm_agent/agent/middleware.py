@@ -1,10 +1,12 @@
 """Agent middleware: workspace-safe tool calls, errors as observations, a step limit, crash repair.
 
 - ``ToolGuardMiddleware``: resolves every workspace path argument inside the thread's workspace
-  before a tool runs (``..``, absolute paths, symlinks out, unknown names → an error observation;
-  the tool never runs), sets the ``ToolContext`` the tool can read, turns any tool exception into a
-  ``ToolMessage(status="error")`` the model reads as its ``Observation:``, and rewrites absolute
-  workspace paths in tool output back to workspace names.
+  before a tool runs (``..``, absolute paths, symlinks out, unknown, over-long or control-character
+  names → an error observation; the tool never runs), sets the ``ToolContext`` the tool can read,
+  runs the tool under the ``AgentLimits`` time limit, turns any tool exception or timeout into a
+  ``ToolMessage(status="error")`` the model reads as its ``Observation:``, rewrites absolute
+  workspace paths in tool output back to workspace names and cuts long output to
+  ``max_observation_chars`` with a note.
 - ``StepLimitMiddleware``: ends a turn whose model keeps calling tools after ``max_steps`` steps,
   with a final answer that says so.
 - ``InvalidStepMiddleware``: a model step that is neither an answer nor a valid tool call (unknown
@@ -19,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,13 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, RemoveM
 from langgraph.errors import GraphBubbleUp
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
+from ibllm_agent.agent.limits import (
+    AgentLimits,
+    ToolTimeout,
+    call_with_deadline,
+    cut_observation,
+    timeout_observation,
+)
 from ibllm_agent.agent.registry import _CONTEXT, ToolContext, path_fields_of
 from ibllm_agent.errors import WorkspaceError
 
@@ -76,14 +86,24 @@ def _error_message(call: dict, text: str) -> ToolMessage:
 
 
 class ToolGuardMiddleware(AgentMiddleware):
-    """Workspace path resolution + tool context + exceptions → error observations."""
+    """Workspace path resolution + tool context + time limit + observation size + exceptions →
+    error observations (``limits``: an ``AgentLimits``)."""
 
-    def __init__(self, workspace: Workspace, pool: ModelPool):
+    def __init__(self, workspace: Workspace, pool: ModelPool, limits: AgentLimits | None = None):
         super().__init__()
         self.workspace = workspace
         self.pool = pool
+        self.limits = limits or AgentLimits()
 
     def _prepare(self, request: Any) -> tuple[Any, ToolContext | None, ToolMessage | None]:
+        try:
+            return self._prepare_checked(request)
+        except GraphBubbleUp:
+            raise
+        except Exception as exc:  # whatever the model wrote must end as an observation, never raise
+            return request, None, _error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}")
+
+    def _prepare_checked(self, request: Any) -> tuple[Any, ToolContext | None, ToolMessage | None]:
         call = request.tool_call
         try:
             thread_id = _thread_id(request.runtime)
@@ -104,38 +124,53 @@ class ToolGuardMiddleware(AgentMiddleware):
                     return request, ctx, _error_message(call, f"Error: {exc}")
         return request.override(tool_call={**call, "args": args}), ctx, None
 
-    def _finish(self, result: Any, ctx: ToolContext) -> Any:
+    def _finish(self, result: Any, ctx: ToolContext | None) -> Any:
         if isinstance(result, ToolMessage) and isinstance(result.content, str):
-            root = str(ctx.workspace.root.resolve()) + "/"
-            if root in result.content:
-                result = result.model_copy(update={"content": result.content.replace(root, "")})
+            content = result.content
+            if ctx is not None:
+                root = str(ctx.workspace.root.resolve()) + "/"
+                content = content.replace(root, "")
+            content = cut_observation(content, self.limits.max_observation_chars)
+            if content != result.content:
+                result = result.model_copy(update={"content": content})
         return result
+
+    def _timed_out(self, request: Any) -> ToolMessage:
+        call = request.tool_call
+        timeout = self.limits.tool_timeout_s or 0
+        return _error_message(call, timeout_observation(call.get("name"), timeout))
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         request, ctx, error = self._prepare(request)
         if error is not None:
-            return error
+            return self._finish(error, ctx)
         token = _CONTEXT.set(ctx)
         try:
-            return self._finish(handler(request), ctx)
+            # The tool runs in a worker with a deadline: a hung tool costs its thread, not the turn.
+            return self._finish(call_with_deadline(lambda: handler(request), self.limits.tool_timeout_s), ctx)
+        except ToolTimeout:
+            return self._timed_out(request)
         except GraphBubbleUp:  # interrupts / parent commands are control flow, not errors
             raise
         except Exception as exc:
-            return _error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}")
+            return self._finish(_error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}"), ctx)
         finally:
             _CONTEXT.reset(token)
 
     async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         request, ctx, error = self._prepare(request)
         if error is not None:
-            return error
+            return self._finish(error, ctx)
         token = _CONTEXT.set(ctx)
         try:
-            return self._finish(await handler(request), ctx)
+            timeout = self.limits.tool_timeout_s or None
+            return self._finish(await asyncio.wait_for(handler(request), timeout), ctx)
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
+            return self._timed_out(request)
         except GraphBubbleUp:
             raise
         except Exception as exc:
-            return _error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}")
+            return self._finish(_error_message(request.tool_call, f"Error: {type(exc).__name__}: {exc}"), ctx)
         finally:
             _CONTEXT.reset(token)
 

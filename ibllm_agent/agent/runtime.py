@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibllm_agent.agent.limits import AgentLimits, TurnLocks
 from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
 from ibllm_agent.agent.models import ModelPool
 from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
@@ -144,18 +145,28 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
     return events
 
 
-def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
+def load_chat_model(
+    model: Any, cache_dir: str | Path | None = None, *, device: str | None = None, dtype: str | None = None,
+    **chat_options: Any,
+) -> Any:
     """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
 
-    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. ``ImageBindLLM``,
-      ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``;
-    - ``"tiny"`` → the random tiny preset (tests, smoke runs);
+    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. the ``MultimodalLLM`` of
+      ``ibllm_agent.load_model``, ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``; a bare
+      ``ImageBindLLM`` gets the media stage its config names first (``MultimodalLLM.from_llm``);
+    - a name of ``ibllm_agent.load_model`` (``"tiny"``: the random tiny preset for tests and smoke
+      runs; ``"demo"``: the converted official model in ``<weights_dir>/demo``);
     - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
 
-    ``cache_dir``: a ``VisualCache`` folder loaded onto the ImageBind-LLM the chat model is built
-    around (media encodings then become cache-enhanced); an error for a ready-made chat model.
+    Names and folders load through ``ibllm_agent.loading`` (shared between chat models with the same
+    settings); ``device`` / ``dtype`` follow the Settings rules there (None: ``IBLLM_DEVICE`` /
+    ``IBLLM_DTYPE``, the config file, ``auto``). ``cache_dir``: a ``VisualCache`` folder for the media
+    stage (media encodings then become cache-enhanced); an error for a ready-made chat model.
+
+    ``chat_options``: ``ChatImageBindLLM`` fields for a model built here (``max_new_tokens``,
+    ``temperature``, ``top_p``, ``seed``, …); an error for a ready-made chat model.
 
     Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
     tool, malformed ``Action``) itself with an error observation and retries them
@@ -165,6 +176,11 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
 
     cache = None if cache_dir is None else str(Path(cache_dir).expanduser())
     if isinstance(model, BaseChatModel):
+        if chat_options:
+            raise ConfigError(
+                f"chat options {sorted(chat_options)} apply to models built from a preset, folder or "
+                "TextGenerator; set them on a ready-made chat model itself"
+            )
         if cache is not None:
             raise ConfigError(
                 "cache_dir applies to models built from a preset, folder or TextGenerator; give a ready-made "
@@ -172,20 +188,30 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
             )
         return model
     from ibllm_agent.chat import ChatImageBindLLM
+    from ibllm_agent.loading import available_models
+    from ibllm_agent.model.llm import ImageBindLLM
     from ibllm_agent.types import TextGenerator
 
+    if isinstance(model, ImageBindLLM):
+        from ibllm_agent.multimodal import MultimodalLLM
+
+        model = MultimodalLLM.from_llm(model)
     if isinstance(model, TextGenerator):
-        return ChatImageBindLLM(model=model, cache_dir=cache)
+        return ChatImageBindLLM(model=model, cache_dir=cache, **chat_options)
     if not isinstance(model, (str, Path)):
         raise ConfigError(
-            f"model must be a chat model, a TextGenerator, 'tiny', 'scripted:PATH' or a model folder; "
-            f"got {type(model).__name__}"
+            f"model must be a chat model, a TextGenerator, a model name {available_models()}, 'scripted:PATH' or "
+            f"a model folder; got {type(model).__name__}"
         )
     spec = str(model)
+    placement = {"device": device, "dtype": dtype}
     if spec == "tiny":
         # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
         # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(preset="tiny", max_new_tokens=64, cache_dir=cache)
+        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **placement,
+                                   **chat_options})
+    if isinstance(model, str) and spec in available_models():
+        return ChatImageBindLLM(preset=spec, cache_dir=cache, **placement, **chat_options)
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
@@ -198,11 +224,13 @@ def load_chat_model(model: Any, cache_dir: str | Path | None = None) -> Any:
             raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache)
+        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache, **chat_options)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"model {spec!r} is not 'tiny', 'scripted:PATH' or an existing model folder")
-    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache)
+        raise ConfigError(
+            f"model {spec!r} is not a model name {available_models()}, 'scripted:PATH' or an existing model folder"
+        )
+    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **placement, **chat_options)
 
 
 def _default_tools(chat: Any) -> list[Any]:
@@ -218,7 +246,8 @@ def _default_tools(chat: Any) -> list[Any]:
     generator = getattr(chat, "model", None)
     if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
         generator = None
-    cache = getattr(generator, "visual_cache", None)  # the model's visual cache also enhances any-to-image
+    # The media stage's visual cache (a MultimodalLLM's) also enhances any-to-image.
+    cache = getattr(getattr(generator, "media", None), "cache", None)
     builtin = default_tools(generator=generator, cache=cache, available_only=True)
     return installed + [t for t in builtin if t.name not in names]
 
@@ -270,8 +299,12 @@ class Agent:
         describe: Callable[[StoredFile], str | None] | None = None,
         owns_memory: bool = True,
         chat_model: Any = None,
+        limits: AgentLimits | None = None,
         experts: Any = None,
     ):
+        self.limits = limits or AgentLimits()
+        self.turn_locks = TurnLocks.for_sqlite(memory.path, self.limits.turn_wait_s) \
+            if memory.kind == "sqlite" else TurnLocks(None, self.limits.turn_wait_s)
         self.graph = graph
         self.chat_model = chat_model  # the LangChain chat model the graph calls
         self.memory = memory
@@ -449,14 +482,19 @@ class Agent:
     def stream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
                     *, stream_tokens: bool = True, experts: bool | None = None) -> Iterator[TurnEvent]:
         """Run one turn, yielding ``TurnEvent``s: answer tokens as they are generated, each tool
-        call and result, and finally ``done`` with the ``TurnResult``."""
-        thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments, experts)
-        streamed: list[str] = []
-        modes = ["updates", "messages"] if stream_tokens else ["updates"]
-        for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
-                                               durability="sync"):
-            yield from _events(mode, payload, streamed)
-        yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
+        call and result, and finally ``done`` with the ``TurnResult``.
+
+        One turn runs per thread at a time: a turn sent while another runs on the same thread (in
+        this process, or in another one sharing the SQLite file) waits for it, and after
+        ``limits.turn_wait_s`` raises ``ThreadBusyError`` — it is never lost or interleaved."""
+        with self.turn_locks.hold(str(thread_id)):
+            thread_id, inputs, names, msg_id, before = self._start(thread_id, text, attachments, experts)
+            streamed: list[str] = []
+            modes = ["updates", "messages"] if stream_tokens else ["updates"]
+            for mode, payload in self.graph.stream(inputs, self.config(thread_id), stream_mode=modes,
+                                                   durability="sync"):
+                yield from _events(mode, payload, streamed)
+            yield from self._finish(thread_id, msg_id, names, before, streamed, stream_tokens)
 
     async def astream_turn(self, thread_id: str, text: str, attachments: Sequence[Any] = (),
                            *, stream_tokens: bool = True, experts: bool | None = None) -> AsyncIterator[TurnEvent]:
@@ -568,13 +606,17 @@ def build_agent(
     system_prompt: str | None = None,
     middleware: Sequence[Any] = (),
     cache_dir: str | Path | None = None,
+    limits: AgentLimits | None = None,
+    chat_options: dict[str, Any] | None = None,
     experts: Any = None,
+    dtype: str | None = None,
 ) -> Agent:
     """Build the agent: ``create_agent`` around a chat model, with a checkpointer and a workspace.
 
     Args:
-        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, ``"tiny"``,
-            ``"scripted:PATH.json"`` or a saved model folder (see ``load_chat_model``).
+        model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, a model name
+            (``"tiny"``, ``"demo"``), ``"scripted:PATH.json"`` or a saved model folder (see
+            ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
             (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in
             vision tools that can run here (``ibllm_agent.tools.default_tools(available_only=True)``:
@@ -594,12 +636,18 @@ def build_agent(
             inside one model call instead (the chat models ``load_chat_model`` builds keep its
             default 0, so each retry is visible here).
         pool / device / model_budget: the ``ModelPool`` heavy tool models load into (or the device
-            and memory budget of a new one; default device from ``Settings.device``).
+            and memory budget of a new one; default device from ``Settings.device``). ``device`` is
+            also where a model given by name or folder loads (with ``dtype``; both by the Settings
+            rules of ``ibllm_agent.load_model`` when None).
         describe: the caption in attachment announcements: ``describe(stored_file) -> str | None``
             or an ``ibllm_agent.experts.Expert`` (called with the stored file as ``Media`` for its
             modalities); without one (or when it returns nothing) a neutral description is used.
         system_prompt, middleware: passed to ``create_agent`` (middleware runs after ours).
         cache_dir: a ``VisualCache`` folder for cache-enhanced media encoding (see ``load_chat_model``).
+        limits: ``AgentLimits`` — tool time limit, observation size, wait for a busy thread
+            (defaults: 300 s, 4000 characters, 120 s; see ``ibllm_agent.agent.limits``).
+        chat_options: ``ChatImageBindLLM`` fields for the chat model built from ``model``
+            (``max_new_tokens``, ``temperature``, ``top_p``, ``seed``; see ``load_chat_model``).
         experts: context experts run on attachments (``ibllm_agent.agent.experts``): ``True`` = Whisper
             for audio and the video object detector for video (models from ``pool``), a list of
             ``Expert`` objects, or ``None``/``False`` (off). Switch per turn with ``send(..., experts=)``.
@@ -617,12 +665,15 @@ def build_agent(
         raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
     if invalid_retries < 0:
         raise ConfigError(f"invalid_retries must be >= 0, got {invalid_retries}")
+    limits = limits or AgentLimits()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    model_device = device
     if pool is None:
-        if device is None:
-            from ibllm_agent.config import get_settings
+        from ibllm_agent.config import get_settings, resolve_device
 
+        if device is None:
             device = get_settings().device
+        resolve_device(device or "auto")  # a device this machine lacks is a start-up error
         pool = ModelPool(device=device or "auto", budget=model_budget)
     from ibllm_agent.agent.experts import AgentExperts
 
@@ -630,14 +681,14 @@ def build_agent(
     # Memory first: a bad URL should fail before minutes of model loading.
     mem = open_memory(memory)
     try:
-        chat = load_chat_model(model, cache_dir)
+        chat = load_chat_model(model, cache_dir, device=model_device, dtype=dtype, **(chat_options or {}))
         tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
         graph = create_agent(
             chat,
             tool_list,
             system_prompt=system_prompt,
             middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), InvalidStepMiddleware(invalid_retries),
-                        ToolGuardMiddleware(ws, pool), *middleware],
+                        ToolGuardMiddleware(ws, pool, limits), *middleware],
             checkpointer=mem.saver,
         )
     except BaseException:
@@ -645,4 +696,4 @@ def build_agent(
         raise
     return Agent(graph, memory=mem, workspace=ws, pool=pool, tools=tool_list, max_steps=max_steps,
                  describe=describe, owns_memory=isinstance(memory, (str, type(None))), chat_model=chat,
-                 experts=agent_experts)
+                 limits=limits, experts=agent_experts)

@@ -189,7 +189,7 @@ class ThreadWorkspace:
     def resolve(self, name: str | os.PathLike[str]) -> Path:
         """The absolute path of workspace file ``name``, or a typed error the model can read.
 
-        Accepts what a model writes: surrounding quotes/spaces and backslashes are tolerated, and a
+        Accepts what a model writes: spaces, matching surrounding quote pairs and backslashes are tolerated, and a
         bare file name (``ab12cd34.png``, as in GPT4Tools' training data, which used random folders)
         matches a stored file with that name when exactly one exists.
 
@@ -198,41 +198,56 @@ class ThreadWorkspace:
             WorkspaceFileNotFoundError: no such file (the message lists the known files).
         """
         raw = os.fspath(name)
-        text = raw.strip().strip("\"'`").strip().replace("\\", "/")
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        text = unquote(raw).replace("\\", "/")
         if not text:
             raise WorkspaceFileNotFoundError(f"file not found: (empty name); known files: {self._known()}")
+        bad = _bad_name(text)
+        if bad:
+            raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)} ({bad}); known files: {self._known()}")
+        try:
+            return self._resolve(text)
+        except WorkspaceError:  # a FileNotFoundError too: already the model-readable message
+            raise
+        except OSError as exc:  # e.g. a name component longer than the file system allows
+            raise WorkspaceFileNotFoundError(
+                f"file not found: {_shown(text)} ({exc.strerror or type(exc).__name__}); known files: {self._known()}"
+            ) from None
+
+    def _resolve(self, text: str) -> Path:
         pure = PurePosixPath(text)
         if pure.is_absolute() or re.match(r"^[A-Za-z]:", text) or text.startswith("~"):
             raise WorkspaceError(
-                f"absolute paths are not allowed: {text}; use a workspace file name such as "
+                f"absolute paths are not allowed: {_shown(text)}; use a workspace file name such as "
                 f"{self._example()} (known files: {self._known()})"
             )
         if ".." in pure.parts:
             raise WorkspaceError(
-                f"path escapes the workspace: {text}; use a workspace file name (known files: {self._known()})"
+                f"path escapes the workspace: {_shown(text)}; use a workspace file name (known files: {self._known()})"
             )
         if any(part.startswith(".") for part in pure.parts):
             # Internal files (``.thread_id``) are not workspace files: ``files()`` never lists them.
-            raise WorkspaceFileNotFoundError(f"file not found: {text}; known files: {self._known()}")
+            raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)}; known files: {self._known()}")
         base = self.root.resolve()
         candidate = self.root / pure
         if candidate.is_symlink() or any(p.is_symlink() for p in candidate.parents if _inside(p, self.root)):
             target = candidate.resolve()
             if not _inside(target, base):
-                raise WorkspaceError(f"path leads outside the workspace: {text} (a link out of the workspace)")
+                raise WorkspaceError(f"path leads outside the workspace: {_shown(text)} (a link out of the workspace)")
         if candidate.is_file():
             resolved = candidate.resolve()
             if not _inside(resolved, base):  # e.g. the thread folder itself replaced by a link
-                raise WorkspaceError(f"path leads outside the workspace: {text}")
+                raise WorkspaceError(f"path leads outside the workspace: {_shown(text)}")
             return resolved
         if candidate.is_dir():
-            raise WorkspaceFileNotFoundError(f"not a file: {text} is a folder; known files: {self._known()}")
+            raise WorkspaceFileNotFoundError(f"not a file: {_shown(text)} is a folder; known files: {self._known()}")
         if len(pure.parts) <= 2:
             # The model dropped or changed the folder ("ab12cd34.png", "images/ab12cd34.png").
             same = [n for n in self.files() if PurePosixPath(n).name == pure.name]
             if len(same) == 1:
-                return self.resolve(same[0])
-        raise WorkspaceFileNotFoundError(f"file not found: {text}; known files: {self._known()}")
+                return self._resolve(same[0])
+        raise WorkspaceFileNotFoundError(f"file not found: {_shown(text)}; known files: {self._known()}")
 
     def name_of(self, path: str | os.PathLike[str]) -> str:
         """The workspace name of an absolute ``path`` inside this workspace."""
@@ -347,6 +362,36 @@ def _check_loadable(path: Path, modality: str, source: Any) -> None:
     except IbllmError as exc:
         path.unlink(missing_ok=True)
         raise WorkspaceError(f"cannot use {modality} attachment {_describe(source)}: {exc}") from exc
+
+
+_QUOTES = "\"'`"
+MAX_NAME_CHARS = 1024
+
+
+def unquote(text: str) -> str:
+    """``text`` stripped of spaces and of matching surrounding quote pairs (``"…"``, ``'…'``,
+    backticks), symmetrically: an unmatched quote stays (``it's.png`` keeps its apostrophe)."""
+    text = text.strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
+        text = text[1:-1].strip()
+    return text
+
+
+def _bad_name(text: str) -> str | None:
+    """Why ``text`` cannot be a workspace name, or None (checked before touching the file system)."""
+    if len(text) > MAX_NAME_CHARS:
+        return f"{len(text)} characters, the limit is {MAX_NAME_CHARS}"
+    if any(ord(c) < 32 or c == "\x7f" for c in text):
+        return "it contains control characters"
+    if "\ufffd" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return "it contains bytes that are not valid UTF-8"
+    return None
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    """A model-written name as it may appear in an observation: escaped and capped."""
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def _inside(path: Path, base: Path) -> bool:

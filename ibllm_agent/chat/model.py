@@ -159,7 +159,8 @@ class ChatImageBindLLM(BaseChatModel):
     """
 
     model: Any = Field(default=None, exclude=True)
-    """A ``TextGenerator`` (e.g. ``ImageBindLLM``); built from ``preset``/``model_dir`` when absent."""
+    """A ``TextGenerator`` (e.g. the ``MultimodalLLM`` of ``ibllm_agent.load_model``); built from
+    ``preset``/``model_dir`` (through ``load_model``'s shared pool) when absent."""
     preset: str | None = None
     model_dir: str | None = None
     device: str | None = None
@@ -227,7 +228,7 @@ class ChatImageBindLLM(BaseChatModel):
                 self.preset, self.model_dir, self.device, self.dtype, dict(self.model_kwargs), self.cache_dir
             )
         elif self.cache_dir is not None:
-            _attach_cache(self.model, self.cache_dir)
+            self.model = _attach_cache(self.model, self.cache_dir)
         if not isinstance(self.model, TextGenerator):
             raise ConfigError(
                 f"model must implement ibllm_agent.types.TextGenerator (generate, stream, count_tokens, "

@@ -120,7 +120,8 @@ def render(
     query = "\n".join([convo.text, *(e.human for e in convo.past[-1:])])
     shown = P.select_tools(tools, query, chat.max_tools, required=forced + used)
     prefill = P.prefill_for(choice, shown if choice in ("any", "required") else tools)
-    scratchpad = P.render_scratchpad(convo.steps(tools))
+    steps = convo.steps(tools)
+    scratchpad = P.render_scratchpad(steps)
 
     def tool_prompt(history_text: str, extra: Sequence[P.ScratchStep] = ()) -> str:
         text = P.render_prompt(
@@ -129,6 +130,18 @@ def render(
         )
         return format_prompt(text, None, template)
 
+    if steps:
+        # Long tool observations are cut (with a note) until this turn's prompt without history
+        # fits the context with room to answer; the history policy then fills what is left.
+        room = chat.model.context_length - max_new
+
+        def fits(candidate: Sequence[P.ScratchStep]) -> bool:
+            nonlocal scratchpad
+            scratchpad = P.render_scratchpad(candidate)
+            return chat.model.count_tokens(tool_prompt("") + prefill) <= room
+
+        steps = P.fit_observations(steps, fits)
+        scratchpad = P.render_scratchpad(steps)
     if chat.history == "last_exchange":
         items = convo.announcements or convo.past[-1:]
         history_text = P.render_history(items, "full")

@@ -19,9 +19,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("ibllm-agent")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        number = "unknown (not installed)"
+    typer.echo(f"ibllm-agent {number}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
+
+
 # Order here is the order in --help.
 _COMMAND_MODULES = [
-    "chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info",
+    "chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "pull", "download", "info",
 ]
 
 

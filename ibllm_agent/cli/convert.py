@@ -15,7 +15,8 @@ EPILOG = (
     "--llama-type 7B --out ckpt/ibllm-7b  |  "
     "ibllm-agent convert --hf-base llama-2-7b-hf --out ckpt/fresh  (new bind network, for pre-training)  |  "
     "ibllm-agent convert --to-official ckpt/ibllm-7b --out release/  |  "
-    "ibllm-agent convert --from-registry  (downloaded 7B.pth + LLaMA-7B -> <weights_dir>/demo, used by --model demo)"
+    "ibllm-agent convert --from-registry  (downloaded 7B.pth + Open-Chinese-LLaMA-7B -> <weights_dir>/demo, used by "
+    "--model demo; `ibllm-agent pull imagebind-llm-7b` does all steps)"
 )
 
 
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
             "--out", help="Output folder (with --from-registry: default <weights_dir>/demo).", show_default=False)] = None,
         from_registry: Annotated[bool, typer.Option(
             "--from-registry", help="Take the official 7B adapter and LLaMA-7B from the weights dir (ibllm-agent "
-                                    "download imagebind_llm_7b llama_7b); --official/--llama-dir override.")] = False,
+                                    "download imagebind_llm_7b llama_7b; base llama/7B_chinese, see `ibllm-agent pull`); --official/--llama-dir override.")] = False,
         official: Annotated[Path | None, typer.Option(
             "--official", help="Official adapter checkpoint (7B.pth: {'model': ...}).")] = None,
         llama_dir: Annotated[Path | None, typer.Option(
@@ -71,7 +72,15 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--from-registry converts the official release; drop --to-official/--hf-base")
             official = official or require("imagebind_llm_7b")
             if llama_dir is None:
-                llama_dir, llama_type = require("llama_7b"), llama_type or "7B"
+                # The stable adapter was trained on Open-Chinese-LLaMA-7B (LLaMA-7B + the published
+                # delta): use it; plain LLaMA-7B only when asked (--llama-type 7B).
+                llama_dir, llama_type = require("llama_7b"), llama_type or "7B_chinese"
+                if not (llama_dir / llama_type / "consolidated.00.pth").is_file():
+                    raise ConfigError(
+                        f"{llama_dir / llama_type} is missing: the stable adapter runs on Open-Chinese-LLaMA-7B. "
+                        "`ibllm-agent pull imagebind-llm-7b` downloads the delta, merges it and converts; or pass "
+                        "--llama-type 7B for plain LLaMA-7B (as the reference demos load)"
+                    )
             out = out or Path(get_settings().weights_dir) / "demo"
         if out is None:
             raise ConfigError("--out is required (the output folder)")

@@ -77,6 +77,23 @@ def _tools(settings: Any) -> list[dict[str, Any]]:
             for t in tool_status(settings, with_chat_model=True)]
 
 
+def _models(settings: Any) -> list[dict[str, Any]]:
+    """Model folders ``--model`` can load: ``demo`` (present or not), other converted folders in the
+    weights dir, and the random ``tiny`` preset."""
+    root = Path(settings.weights_dir)
+    demo = root / "demo"
+    rows = [{"name": "demo", "present": (demo / "config.json").is_file(), "path": str(demo),
+             "use": "--model demo" if (demo / "config.json").is_file()
+             else "missing: ibllm-agent pull imagebind-llm-7b"}]
+    if root.is_dir():
+        for cfg in sorted(root.glob("*/config.json")):
+            if cfg.parent.name != "demo" and (cfg.parent / "adapter.safetensors").is_file():
+                rows.append({"name": cfg.parent.name, "present": True, "path": str(cfg.parent),
+                             "use": f"--model {cfg.parent}"})
+    rows.append({"name": "tiny", "present": True, "path": None, "use": "--model tiny (random weights: smoke tests)"})
+    return rows
+
+
 def collect(settings: Any) -> dict[str, Any]:
     """Everything ``info`` shows, as plain JSON-able data."""
     from ibllm_agent.weights import status
@@ -91,7 +108,9 @@ def collect(settings: Any) -> dict[str, Any]:
             "device": settings.device,
             "dtype": settings.dtype,
             "memory_url": settings.memory_url,
+            "visual_cache": str(settings.visual_cache) if settings.visual_cache else None,
         },
+        "models": _models(settings),
         "environment": _environment(settings),
         "packages": _packages(),
         "tools": _tools(settings),
@@ -121,6 +140,12 @@ def _print_human(data: dict[str, Any]) -> None:
     console.print("[bold]Settings[/bold]")
     for key in ("weights_dir", "workspace_dir", "device", "dtype", "memory_url"):
         console.print(f"  {key:<14} {s[key]}", markup=False)
+    cache = s["visual_cache"]
+    if cache is None:
+        cache_state = "none (media are encoded without cache enhancement; --cache DIR / IBLLM_VISUAL_CACHE)"
+    else:
+        cache_state = cache + ("" if Path(cache).is_dir() else " (folder missing)")
+    console.print(f"  {'visual_cache':<14} {cache_state}", markup=False)
     found = "found" if s["config_file_exists"] else "not found, defaults used"
     console.print(f"  {'config_file':<14} {s['config_file']} ({found})", markup=False)
 
@@ -129,6 +154,10 @@ def _print_human(data: dict[str, Any]) -> None:
         if key == "gpus":
             value = ", ".join(value) or "none"
         console.print(f"  {key:<14} {value}", markup=False)
+
+    console.print("[bold]Models[/bold] (for --model)")
+    for m in data["models"]:
+        console.print(f"  {m['name']:<14} {'present' if m['present'] else 'missing':<8} {m['use']}", markup=False)
 
     console.print("[bold]Optional packages[/bold]")
     for name, p in data["packages"].items():

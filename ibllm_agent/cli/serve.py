@@ -28,11 +28,11 @@ def load_generator(spec: str, device: str | None = None, cache: Path | None = No
     """The ``TextGenerator`` a ``--model`` names, and the id the server lists it under.
 
     ``tiny`` → the random tiny ImageBind-LLM; ``scripted:FILE.json`` → a ``ScriptedGenerator``
-    replaying a JSON list of outputs (testing aid); ``demo`` or a folder → the saved model.
+    replaying a JSON list of outputs (testing aid); ``demo`` or a folder → the saved model (all through
+    ``ibllm_agent.load_model``).
     """
     import json
 
-    from ibllm_agent.cli.run import resolve_model_spec
     from ibllm_agent.config import get_settings
     from ibllm_agent.errors import ConfigError
 
@@ -48,21 +48,14 @@ def load_generator(spec: str, device: str | None = None, cache: Path | None = No
         if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
             raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
         return ScriptedGenerator(outputs), "scripted"
-    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.loading import available_models, load_model
 
-    dev = None if settings.device in (None, "auto") else settings.device
-    if spec == "tiny":
-        model, model_id = ImageBindLLM.from_preset("tiny", device=dev), "imagebind-llm-tiny"
-    else:
-        folder = Path(resolve_model_spec(spec)).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(f"model {spec!r} is not 'tiny', 'demo', 'scripted:FILE' or an existing model folder")
-        model, model_id = ImageBindLLM.from_pretrained(folder, device=dev), folder.name
-    model.eval()
-    if settings.visual_cache is not None:
-        from ibllm_agent.cache import VisualCache
-
-        model.visual_cache = VisualCache.load(settings.visual_cache)
+    if spec not in available_models() and not Path(spec).expanduser().is_dir():
+        raise ConfigError(f"model {spec!r} is not 'tiny', 'demo', 'scripted:FILE' or an existing model folder")
+    # Names (tiny, demo) and folders; device/dtype by the Settings rules; the visual cache goes into the
+    # model's media stage.
+    model = load_model(spec, settings.device, cache_dir=settings.visual_cache, settings=settings)
+    model_id = "imagebind-llm-tiny" if spec == "tiny" else Path(spec).name or spec
     return model, model_id
 
 

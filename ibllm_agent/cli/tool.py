@@ -75,9 +75,8 @@ def register(app: typer.Typer) -> None:
         generator = None
         if "generator" in TOOL_REQUIREMENTS.get(name, ()) and model is not None:
             from ibllm_agent.agent.runtime import load_chat_model
-            from ibllm_agent.cli.run import resolve_model_spec
 
-            generator = load_chat_model(resolve_model_spec(model)).model
+            generator = load_chat_model(model, device=device).model  # names, folders: ibllm_agent.load_model
         options = ToolOptions(steps=steps, seed=seed)
         tools = {t.name: t for t in default_tools(settings, generator=generator, options=options,
                                                   loaders=TOOL_LOADERS)}

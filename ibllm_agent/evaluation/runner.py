@@ -105,27 +105,18 @@ def format_tools_report(report: Mapping[str, Any]) -> str:
 # -- inference -----------------------------------------------------------------------------------------
 def load_generator(spec: str) -> Any:
     """A ``TextGenerator`` from a ``--model`` value: ``tiny``, ``demo``, ``scripted:FILE.json`` or a
-    saved model folder (the same forms ``ibllm-agent run`` takes)."""
-    from ibllm_agent.errors import ConfigError
-
+    saved model folder (the same forms ``ibllm-agent run`` takes); models load with
+    ``ibllm_agent.load_model``."""
     if spec.startswith("scripted:"):
         from ibllm_agent.testing import ScriptedGenerator
 
         path = Path(spec[len("scripted:"):]).expanduser()
         outputs = _read_list_of_str(path)
         return ScriptedGenerator(outputs)
-    from ibllm_agent.cli.run import resolve_model_spec
-    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.loading import load_model
 
-    if spec == "tiny":
-        model = ImageBindLLM.from_preset("tiny")
-    else:
-        folder = Path(resolve_model_spec(spec)).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(f"model {spec!r} is not 'tiny', 'demo', 'scripted:PATH' or an existing model folder")
-        model = ImageBindLLM.from_pretrained(folder)
-    model.eval()
-    return model
+    # Names (tiny, demo) and folders, device/dtype by the Settings rules (IBLLM_DEVICE / IBLLM_DTYPE).
+    return load_model(spec)
 
 
 def _read_list_of_str(path: Path) -> list[str]:
@@ -143,9 +134,10 @@ def _read_list_of_str(path: Path) -> list[str]:
 
 
 def _batched(generator: Any) -> bool:
-    """Whether ``generator.generate`` decodes a list of prompts as one padded batch (ImageBindLLM)."""
-    llm = sys.modules.get("ibllm_agent.model.llm")
-    return llm is not None and isinstance(generator, llm.ImageBindLLM)
+    """Whether ``generator.generate`` decodes a list of prompts as one padded batch (the
+    ``MultimodalLLM`` of ``load_model``)."""
+    mm = sys.modules.get("ibllm_agent.multimodal")
+    return mm is not None and isinstance(generator, mm.MultimodalLLM)
 
 
 def item_media(item: Mapping[str, Any], root: Path) -> list[Media]:
@@ -171,7 +163,7 @@ def predict(
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (already template-wrapped), cut at ``stop``.
 
-    ImageBindLLM decodes ``batch_size`` prompts per padded batch (results equal single decoding);
+    A ``MultimodalLLM`` decodes ``batch_size`` prompts per padded batch (results equal single decoding);
     other generators are called once per prompt.
     """
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop))

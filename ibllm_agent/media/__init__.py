@@ -29,7 +29,7 @@ from .errors import (
 )
 from .infer import PREPARED_SHAPES, infer_modality
 from .limits import DEFAULT_LIMITS, MediaLimits
-from .sources import describe
+from .sources import describe, native_order
 
 __all__ = [
     "PREPARED_SHAPES",
@@ -64,7 +64,7 @@ def _passthrough(source: Any, modality: str):
     if tuple(source.shape) != PREPARED_SHAPES[modality] or modality == "point":
         return None  # point clouds always go through prepare_points (identity when prepared)
     desc = describe(source)
-    t = source if isinstance(source, torch.Tensor) else torch.from_numpy(source)
+    t = source if isinstance(source, torch.Tensor) else torch.from_numpy(native_order(source))
     if modality == "text":
         if t.is_floating_point() or t.dtype == torch.bool:
             raise InvalidValuesError(desc, f"text token ids must be integers, not {t.dtype}", modality)

@@ -31,6 +31,7 @@ from .sources import (
     is_bytes,
     is_filelike,
     is_path,
+    native_order,
     numeric_tensor,
     read_bytes,
     short,
@@ -60,7 +61,8 @@ def _parse_ply(data: bytes, desc: str):
     end = data.find(b"end_header")
     if not data.startswith(b"ply") or end < 0:
         raise UnreadableMediaError(desc, "PLY header is missing 'ply' or 'end_header'", "point")
-    body_start = data.index(b"\n", end) + 1
+    newline = data.find(b"\n", end)
+    body_start = len(data) if newline < 0 else newline + 1
     header = data[:end].decode("ascii", errors="replace").splitlines()
     fmt, elements = None, []  # elements: [name, count, [(prop, type)], has_list]
     for line in header[1:]:
@@ -69,9 +71,14 @@ def _parse_ply(data: bytes, desc: str):
             continue
         if parts[0] == "format" and len(parts) >= 2:
             fmt = parts[1]
-        elif parts[0] == "element" and len(parts) == 3:
+        elif parts[0] == "element":
+            # A count that is not a non-negative integer is a corrupt header, not an empty cloud.
+            if len(parts) != 3 or not parts[2].isdigit():
+                raise UnreadableMediaError(desc, f"corrupt PLY header line {line.strip()[:80]!r}", "point")
             elements.append([parts[1], int(parts[2]), [], False])
         elif parts[0] == "property" and elements:
+            if parts[-1] in [p for p, _ in elements[-1][2]]:
+                raise UnreadableMediaError(desc, f"PLY header declares property {parts[-1]!r} twice", "point")
             if parts[1] == "list":
                 elements[-1][3] = True
                 elements[-1][2].append((parts[-1], None))
@@ -196,7 +203,7 @@ def read_points(source: Any, limits: MediaLimits):
         return torch.from_numpy(parse_pcd(data, desc))
     if ext == ".npy" or (not ext and kind == "array"):
         try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
+            arr = native_order(np.load(io.BytesIO(data), allow_pickle=False))
         except (ValueError, OSError, EOFError) as exc:
             raise UnreadableMediaError(desc, f"not a readable .npy array ({short(exc)})", "point") from exc
         return _array_points(arr, desc, limits)
@@ -272,7 +279,11 @@ def prepare_points(points, *, num_points: int = NUM_POINTS, seed: int = DEFAULT_
     radius = centred.norm(dim=1).max()
     if n == num_points and centroid.abs().max() <= _NORM_TOL and abs(float(radius) - 1.0) <= _NORM_TOL:
         return points.to(torch.float32).contiguous()  # already prepared: unchanged, in order
-    unit = centred / radius if radius > 0 else centred  # a single (or repeated) point stays at 0
+    if not radius > 0:
+        # Every point is the same point: the unit-sphere scaling is undefined, and an all-zero cloud
+        # would silently give the encoder nothing to see.
+        raise InvalidValuesError(desc, f"all {n} points of the cloud coincide (no extent to normalise)", "point")
+    unit = centred / radius
     if n > num_points:
         gen = torch.Generator().manual_seed(seed)
         candidates = unit

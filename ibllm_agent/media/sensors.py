@@ -38,7 +38,17 @@ from .errors import (
 )
 from .image import IMAGE_SIZE, open_pil
 from .limits import MediaLimits
-from .sources import describe, is_bytes, is_filelike, is_path, numeric_tensor, read_bytes, short, suffix
+from .sources import (
+    describe,
+    is_bytes,
+    is_filelike,
+    is_path,
+    native_order,
+    numeric_tensor,
+    read_bytes,
+    short,
+    suffix,
+)
 
 IMU_CHANNELS = 6
 IMU_LENGTH = 2000
@@ -54,7 +64,7 @@ def _load_npy(source: Any, limits: MediaLimits, modality: str):
 
     data = read_bytes(source, limits, modality)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        return native_order(np.load(io.BytesIO(data), allow_pickle=False))
     except (ValueError, OSError, EOFError) as exc:
         raise UnreadableMediaError(describe(source), f"not a readable .npy array ({short(exc)})", modality) from exc
 

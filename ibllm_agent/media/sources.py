@@ -64,6 +64,16 @@ def short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def native_order(arr: Any) -> Any:
+    """``arr`` in the machine's byte order: numpy reads big-endian ``.npy`` files (``>f4``) as they
+    are, but torch refuses non-native byte orders. Values are unchanged; native arrays pass as is."""
+    import numpy as np
+
+    if isinstance(arr, np.ndarray) and arr.dtype.byteorder not in ("=", "|") and not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
 def numeric_tensor(array: Any, desc: str, modality: str):
     """numpy array / torch tensor → CPU torch tensor, rejecting non-numeric dtypes (str, object)."""
     import numpy as np
@@ -78,7 +88,7 @@ def numeric_tensor(array: Any, desc: str, modality: str):
     arr = np.asarray(array)
     if arr.dtype.kind not in "biuf":
         raise InvalidValuesError(desc, f"values must be numeric, not dtype {arr.dtype}", modality)
-    return torch.from_numpy(np.array(arr))
+    return torch.from_numpy(np.array(native_order(arr)))
 
 
 def suffix(source: Any) -> str:

@@ -82,8 +82,11 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
               metadata={"format": "pt", "producer": "ibllm-agent"})
 
 
-def save_pretrained(model: ImageBindLLM, path: str | Path) -> Path:
-    """Write the checkpoint folder (see module docstring). Returns the folder."""
+def save_pretrained(model: ImageBindLLM, path: str | Path, encoder: Any = None) -> Path:
+    """Write the checkpoint folder (see module docstring). Returns the folder.
+
+    ``encoder``: the ImageBind to store as ``encoder.safetensors`` when the config names no official
+    encoder file (default: the model's own, see ``load_encoder``)."""
     out = Path(path)
     state = model.state_dict()
     if any(t.is_meta for t in state.values()):
@@ -99,7 +102,9 @@ def save_pretrained(model: ImageBindLLM, path: str | Path) -> Path:
     if tok_path is not None and Path(tok_path).resolve() != (out / TOKENIZER_FILE).resolve():
         shutil.copyfile(tok_path, out / TOKENIZER_FILE)
     if model.config.encoder_weights is None:
-        _save_tensors(model.encoder.state_dict(), out / ENCODER_FILE)
+        if encoder is None:
+            encoder = load_encoder(model.config, model.checkpoint_dir, model.encoder_seed)
+        _save_tensors(encoder.state_dict(), out / ENCODER_FILE)
     return out
 
 
@@ -199,7 +204,8 @@ def check_tokenizer(tokenizer, rows: int, source: str) -> None:
 
 
 def load_encoder(config: ImageBindLLMConfig, checkpoint_dir: Path | None, seed: int = 0):
-    """The ImageBind encoder for ``config``.
+    """The ImageBind encoder for ``config`` (frozen, eval mode, on CPU in float32; the media stage
+    moves it).
 
     ``encoder_weights`` set: the official file from the weights dir (``MissingWeightError`` if absent).
     Otherwise ``<checkpoint_dir>/encoder.safetensors`` when present, else a deterministic random init of

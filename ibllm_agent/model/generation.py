@@ -3,11 +3,13 @@
 The engine knows nothing about images. A model hands it a ``step`` function::
 
     step(input_ids [B, T] long, attention_mask [B, T_past + T] long, position_ids [B, T] long,
-         past_key_values | None) -> (logits [B, T', V], past_key_values)      # T' = T or 1
+         cache | None) -> (logits [B, T', V], cache)      # T' = T or 1
 
 (``hf_step(model)`` builds one for a transformers causal LM; ``ImageBindLLM`` binds its visual
-injection into its own). Per call the engine runs one prefill pass over the prompt, then one token
-per step through transformers' ``DynamicCache``.
+injection into its own). ``cache`` is a transformers ``Cache`` (a ``DynamicCache``, passed as the
+model's ``cache=`` argument — transformers 5 deprecates ``past_key_values=``): None on the prefill,
+where the step creates one, then the object the previous step returned. Per call the engine runs
+one prefill pass over the prompt, then one token per step.
 
 - Batches are LEFT padded; the attention mask hides the pads and position ids come from the mask,
   so every row sees the positions it would see alone (batch results equal single results).
@@ -134,16 +136,20 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     else), which saves a [B, T, V] matmul in the prefill; pass 0 to get logits for every position.
     """
 
-    def step(input_ids, attention_mask, position_ids, past_key_values):
+    def step(input_ids, attention_mask, position_ids, cache):
+        if cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
-        return out.logits, out.past_key_values
+        return out.logits, out.cache
 
     return step
 

@@ -10,17 +10,18 @@ Module tree (state-dict names are fixed; conversion and checkpoints rely on them
     prefix_query.weight    [n_injected_layers, H]  N(0, 1)
     bind.proj / bind.norms.{k} / bind.ffn.{k}.{w1,w2,w3}
 
-The ImageBind encoder, the tokenizer and the optional visual cache are attributes but NOT submodules:
-they are frozen, loaded lazily, and saved separately (see ``checkpoint.py``).
+The model takes token ids and visual features (tensors) only. Media loading, the ImageBind encoder,
+fusion and the visual cache are the media stage (``ibllm_agent.media_encoder.MediaEncoder``); this
+package never imports ``ibllm_agent.media`` or ``ibllm_agent.cache``.
 
-Data path (reference §0, §5): media → ImageBind → L2-normalise each, weighted mean → (visual cache) →
+Data path (reference §0, §5): features [B, visual_dim] (fused, normalised ImageBind embeddings) →
 bind → [B, 1, H] → per-layer δ (``injection.py``) → LLaMA forward.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ from torch import nn
 from ibllm_agent.errors import ConfigError, TokenizerError
 from ibllm_agent.model.bind import BindNetwork
 from ibllm_agent.model.config import PHASES, ImageBindLLMConfig, config_7b, config_tiny
-from ibllm_agent.model.fusion import fuse
 from ibllm_agent.model.injection import (
     InjectionSlot,
     VisualInjection,
@@ -40,7 +40,7 @@ from ibllm_agent.model.injection import (
     install_injection,
 )
 from ibllm_agent.model.peft import apply_peft
-from ibllm_agent.types import CacheSettings, Generation, Media, Sampling
+from ibllm_agent.types import Generation, Sampling, VisualFeatures
 
 PRESETS = ("tiny", "7b")
 
@@ -58,8 +58,10 @@ class ImageBindLLM(nn.Module):
     Build with ``from_preset("tiny")`` (tests/demos), ``from_pretrained(dir)`` (our format; see
     ``ibllm-agent convert`` for the official release) or ``ImageBindLLM(config)`` (random init).
 
-    ``forward(input_ids, visual=...)`` is the training/decoding step; ``generate``/``stream`` take a
-    final prompt string plus ``Media`` and satisfy ``ibllm_agent.types.TextGenerator``.
+    ``forward(input_ids, features=..., active=...)`` is the training/decoding step; ``generate`` /
+    ``stream`` take a final prompt string plus visual features. Media (files, PIL images …) go through
+    a media stage first: ``ibllm_agent.load_model`` returns both joined in a ``MultimodalLLM`` (the
+    ``ibllm_agent.types.TextGenerator`` the chat model uses).
     """
 
     def __init__(
@@ -67,9 +69,8 @@ class ImageBindLLM(nn.Module):
         config: ImageBindLLMConfig,
         *,
         tokenizer: Any = None,
-        encoder: Any = None,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
     ):
         super().__init__()
         self.config = config
@@ -85,14 +86,14 @@ class ImageBindLLM(nn.Module):
             add_gates(attn, c.num_heads)
             install_injection(attn, layer_idx, self._slot)
         if dtype is not None:
-            self.to(dtype)
-        # Non-module attributes (frozen / lazily loaded; never in state_dict()).
+            self.to(_as_dtype(dtype))
+        # Non-module attributes (never in state_dict()).
         self.tokenizer = tokenizer
-        object.__setattr__(self, "_encoder", encoder)  # an nn.Module, deliberately NOT a submodule
-        object.__setattr__(self, "visual_cache", None)  # ibllm_agent.cache.VisualCache, set by the user / agent
-        self._encoder_seed = 0  # seed of a lazily built non-official (tiny) encoder
-        self.checkpoint_dir: Path | None = None  # where encoder.safetensors lives for self-contained saves
-        self._zero_image_feature: dict[tuple, torch.Tensor] = {}
+        # Where this model's encoder comes from when the config names no official file (see
+        # ``checkpoint.load_encoder``): encoder.safetensors in the checkpoint folder, else the preset
+        # built from this seed.
+        self.encoder_seed = 0
+        self.checkpoint_dir: Path | None = None
         self._engine = None
         self._engine_on: tuple | None = None  # (device, dtype) the engine's prefix cache was computed on
         self.set_phase(c.phase)
@@ -110,11 +111,15 @@ class ImageBindLLM(nn.Module):
     ) -> ImageBindLLM:
         """Build a named architecture with random weights.
 
-        ``tiny``: 2-layer, 64-wide GQA LLaMA (4 heads, 2 KV heads), tiny ImageBind (``tiny_w3d``), the tiny
-        SentencePiece tokenizer; deterministic for a given ``seed``. Gates start at zero (as in the
-        reference), so set some to see the visual input matter.
+        ``tiny``: 2-layer, 64-wide GQA LLaMA (4 heads, 2 KV heads) for a tiny ImageBind (``tiny_w3d``,
+        built from the same ``seed`` by ``checkpoint.load_encoder``), the tiny SentencePiece tokenizer;
+        deterministic for a given ``seed``. Gates start at zero (as in the reference), so set some to
+        see the visual input matter.
         ``7b``: the released 7B layout (LLaMA-1 7B + huge ImageBind); use ``device="meta"`` to inspect
         shapes without memory. Real weights come from ``from_pretrained`` after ``ibllm-agent convert``.
+
+        ``device`` / ``dtype`` are taken as given (None: CPU, float32); ``ibllm_agent.load_model``
+        applies the Settings rules (``IBLLM_DEVICE`` …) and builds the media stage too.
         """
         import dataclasses
 
@@ -133,7 +138,7 @@ class ImageBindLLM(nn.Module):
             with torch.random.fork_rng(devices=[]):  # reproducible without disturbing the caller's RNG
                 torch.manual_seed(seed)
                 model = cls(config, tokenizer=tokenizer, device=device, dtype=dtype)
-            model._encoder_seed = seed  # the tiny encoder is built (from this seed) on first use
+            model.encoder_seed = seed  # checkpoint.load_encoder builds the tiny encoder from this seed
             return model
         if name == "7b":
             return cls(config_7b(**config_overrides), device=device, dtype=dtype)
@@ -152,12 +157,13 @@ class ImageBindLLM(nn.Module):
 
         return load_pretrained(cls, path, device=device, dtype=dtype)
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, encoder: Any = None) -> Path:
         """Write ``config.json``, ``base.safetensors``, ``adapter.safetensors``, ``tokenizer.model`` (and
-        ``encoder.safetensors`` for presets whose encoder is not an official file)."""
+        ``encoder.safetensors`` — ``encoder`` or this model's own — for presets whose encoder is not an
+        official file)."""
         from ibllm_agent.model.checkpoint import save_pretrained
 
-        return save_pretrained(self, path)
+        return save_pretrained(self, path, encoder)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -175,19 +181,6 @@ class ImageBindLLM(nn.Module):
     @property
     def context_length(self) -> int:
         return self.config.context_length
-
-    @property
-    def encoder(self):
-        """The frozen ImageBind encoder, loaded on first use and kept on the model's device."""
-        if self._encoder is None:
-            from ibllm_agent.model.checkpoint import load_encoder
-
-            object.__setattr__(self, "_encoder", load_encoder(self.config, self.checkpoint_dir, self._encoder_seed))
-        enc = self._encoder
-        p = next(enc.parameters(), None)
-        if p is not None and (p.device != self.device or (p.is_floating_point() and p.dtype != self.dtype)):
-            enc.to(device=self.device, dtype=self.dtype)
-        return enc
 
     # ------------------------------------------------------------------ phases
     def trainable_names(self, phase: str) -> list[str]:
@@ -252,132 +245,87 @@ class ImageBindLLM(nn.Module):
             deltas[layer_idx] = d
         return VisualInjection(deltas, visual)
 
-    def encode_media(
-        self,
-        media: Sequence[Media] | Sequence[Sequence[Media]],
-        cache: CacheSettings | None = None,
-    ) -> torch.Tensor:
-        """Fused ImageBind features per sample -> [B, visual_dim] fp32 (the bind network's input).
-
-        ``media`` is one sample's list of ``Media`` or a list of such lists (a batch). Each source is
-        loaded with ``ibllm_agent.media.load`` (tensors of the per-item shape pass through), encoded
-        (image/video → the vision trunk), L2-normalised, and mixed with weights / (Σw + 1e-6) — not
-        re-normalised. A sample without media gets the text-only placeholder (the all-zero image, policy
-        ``zero_image``; zeros under policy ``off``, where ``visual_tokens`` skips it). When
-        ``self.visual_cache`` is set and ``cache`` is enabled, the features of samples with media are
-        enhanced with ``visual_cache.enhance(f, k, t, alpha)``.
-        """
-        return self._encode_batch(_as_batch(media), cache)[0]
-
-    def _encode_batch(self, batch: list[list[Media]], cache: CacheSettings | None):
-        """-> (features [B, D] fp32, active [B] bool: rows that get an injection)."""
-        feats, active, has_media = [], [], []
-        for sample in batch:
-            if sample:
-                embs = torch.cat([self._encode_one(m) for m in sample])  # [N, D]
-                weights = torch.tensor([float(m.weight) for m in sample])
-                if (weights < 0).any() or float(weights.sum()) <= 0:
-                    raise ConfigError(f"media weights must be >= 0 with a positive sum, got {weights.tolist()}")
-                feats.append(fuse(embs, weights))
-                active.append(True)
-                has_media.append(True)
-            else:
-                feats.append(self._placeholder_feature())
-                active.append(self.config.text_only == "zero_image")
-                has_media.append(False)
-        f = torch.stack(feats)  # [B, D] fp32
-        if f.shape[-1] != self.config.visual_dim:
-            raise ConfigError(
-                f"the encoder ({self.config.encoder!r}) gives {f.shape[-1]}-d embeddings but the bind network "
-                f"takes visual_dim={self.config.visual_dim}: the checkpoint's encoder setting does not match its adapter"
-            )
-        cache = cache or CacheSettings()
-        if self.visual_cache is not None and cache.enabled and any(has_media):
-            rows = torch.tensor(has_media)
-            enhanced = self.visual_cache.enhance(f[rows], k=cache.k, t=cache.t, alpha=cache.alpha)
-            f = f.clone()
-            f[rows] = torch.as_tensor(enhanced).to(f)
-        return f, torch.tensor(active)
-
-    def visual_tokens(
-        self, media: Sequence[Media] | Sequence[Sequence[Media]] | None, cache: CacheSettings | None = None,
-        batch_size: int = 1,
+    def visual_input(
+        self, features: torch.Tensor | VisualFeatures | None, active: torch.Tensor | None = None
     ) -> VisualInjection | None:
-        """media -> bind -> ``VisualInjection`` for ``forward`` (None when no row has visual input)."""
-        if media is None or len(media) == 0:
-            media = [[] for _ in range(batch_size)]
-        feats, active = self._encode_batch(_as_batch(media), cache)
-        if not bool(active.any()):
+        """Visual features [B, visual_dim] (+ ``active`` [B] bool) -> bind -> ``VisualInjection`` (None
+        when there are no features or no row is active). A ``VisualFeatures`` brings its own ``active``."""
+        if isinstance(features, VisualFeatures):
+            features, active = features.features, features.active if active is None else active
+        if features is None:
             return None
-        visual = self.bind(feats.to(self.device, self.bind.proj.weight.dtype))  # [B,1,H]
-        return self.injection(visual, None if bool(active.all()) else active)
-
-    def _encode_one(self, m: Media) -> torch.Tensor:
-        """One attachment -> raw ImageBind embedding [1, D].
-
-        ``media.load`` turns any source into the per-item tensor (already-preprocessed tensors of the item
-        shape pass through unchanged); the encoder gets it with a batch dim of 1."""
-        from ibllm_agent import media as media_mod
-
-        x = media_mod.load(m.source, m.modality)
-        return self._encode_tensor(m.modality, x.unsqueeze(0))
-
-    def _encode_tensor(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        enc = self.encoder
-        x = x.to(self.device)
-        if x.is_floating_point():
-            x = x.to(self.dtype)
-        with torch.no_grad():
-            return enc.encode(modality, x).float()
-
-    def _placeholder_feature(self) -> torch.Tensor:
-        """L2-normalised embedding of the all-zero image [D] (the reference's text-only input); cached.
-
-        With policy ``off`` the value is unused (rows are inactive) and not computed."""
-        if self.config.text_only == "off":
-            return torch.zeros(self.config.visual_dim)
-        key = (str(self.device), self.dtype)
-        if key not in self._zero_image_feature:
-            size = int(getattr(getattr(self.encoder, "config", None), "image_size", 224))
-            zero = torch.zeros(1, 3, size, size)
-            emb = self._encode_tensor("image", zero)  # [1, D]
-            self._zero_image_feature[key] = fuse(emb, torch.ones(1))  # normalised, weight 1/(1+1e-6)
-        return self._zero_image_feature[key]
+        if not isinstance(features, torch.Tensor):
+            raise ConfigError(
+                f"visual features must be a tensor [B, {self.config.visual_dim}] or VisualFeatures, got "
+                f"{type(features).__name__} (media go through a media stage first: ibllm_agent.load_model)"
+            )
+        if features.dim() == 1:
+            features = features[None]
+        if features.dim() != 2 or features.shape[-1] != self.config.visual_dim:
+            raise ConfigError(
+                f"the features are {features.shape[-1]}-d embeddings but the bind network takes "
+                f"visual_dim={self.config.visual_dim} (shape {tuple(features.shape)}): the encoder does not match "
+                "this adapter"
+            )
+        if active is not None:
+            active = torch.as_tensor(active, dtype=torch.bool)
+            if active.shape != features.shape[:1]:
+                raise ConfigError(f"active must be [B={features.shape[0]}] bool, got shape {tuple(active.shape)}")
+            if not bool(active.any()):
+                return None
+            if bool(active.all()):
+                active = None
+        visual = self.bind(features.to(self.device, self.bind.proj.weight.dtype))  # [B,1,H]
+        return self.injection(visual, active)
 
     # ------------------------------------------------------------------ forward
     def forward(
         self,
         input_ids: torch.Tensor,
+        features: torch.Tensor | VisualFeatures | None = None,
+        active: torch.Tensor | None = None,
         visual: torch.Tensor | VisualInjection | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, Any]:
-        """input_ids [B, T] -> (logits [B, T, V], past_key_values).
+        """input_ids [B, T] -> (logits [B, T, V], cache).
 
-        ``visual``: the bind output [B, 1, H] (or a precomputed ``VisualInjection``, reused across decode
-        steps); ``None`` runs the bare base model (with its PEFT biases/LoRA), bit-identical to the
-        underlying ``LlamaForCausalLM``. ``attention_mask`` [B, T_past + T] is the 2-D padding mask (1 =
-        real token); ``position_ids`` [B, T]; ``logits_to_keep`` > 0 computes logits of the last positions only.
+        The visual input is one of: ``features`` [B, visual_dim] (the media stage's fused embeddings;
+        ``active`` [B] bool zeroes the injection of rows without visual input), ``visual`` = the bind
+        output [B, 1, H] or a precomputed ``VisualInjection`` (reused across decode steps). None of them
+        runs the bare base model (with its PEFT biases/LoRA), bit-identical to the underlying
+        ``LlamaForCausalLM``. ``attention_mask`` [B, T_past + T] is the 2-D padding mask (1 = real
+        token); ``position_ids`` [B, T]; ``cache``: a transformers ``Cache`` (e.g. ``DynamicCache``) holding
+        the keys/values of earlier positions, extended in place and returned (with ``use_cache``; a new
+        ``DynamicCache`` when None); ``logits_to_keep`` > 0 computes logits of the last positions only.
         """
-        if isinstance(visual, torch.Tensor):
-            visual = self.injection(visual)
+        if features is not None and visual is not None:
+            raise ConfigError("pass either features (+ active) or visual, not both")
+        if features is not None:
+            visual = self.visual_input(features, active)
+        elif isinstance(visual, torch.Tensor):
+            visual = self.injection(visual, active)
         if visual is not None and visual.batch_size not in (1, input_ids.shape[0]):
             raise ConfigError(
                 f"visual input has batch size {visual.batch_size} but input_ids has {input_ids.shape[0]} rows"
             )
+        if use_cache and cache is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.lm.config)
         with self._slot.use(visual):
             out = self.lm(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
             )
-        return out.logits, out.past_key_values
+        return out.logits, out.cache
 
     # ------------------------------------------------------------------ text generation
     def count_tokens(self, text: str) -> int:
@@ -431,27 +379,24 @@ class ImageBindLLM(nn.Module):
     def _step_for(self, injection: VisualInjection | None):
         """The engine's step with this call's visual injection bound (logits of the last position only)."""
 
-        def step(input_ids, attention_mask, position_ids, past_key_values):
-            return self.forward(input_ids, injection, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
+        def step(input_ids, attention_mask, position_ids, cache):
+            return self.forward(input_ids, visual=injection, attention_mask=attention_mask,
+                                position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
 
         return step
 
-    def _prepare(self, prompt, media, cache):
+    def _prepare(self, prompt, features, active):
         if not isinstance(prompt, (str, list, tuple)):
             raise ConfigError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ConfigError("prompt must be a string or a non-empty list of strings")
-        batch_media = None
-        if media is not None and len(media) > 0:
-            batch_media = _as_batch(media)
-            if len(batch_media) != len(prompts):
-                raise ConfigError(f"{len(prompts)} prompts but media for {len(batch_media)} samples")
+        with torch.no_grad():
+            injection = self.visual_input(features, active)
+        if injection is not None and injection.batch_size not in (1, len(prompts)):
+            raise ConfigError(f"{len(prompts)} prompts but visual features for {injection.batch_size} samples")
         tok = self._tok()
         ids = [tok.encode(p, bos=True, eos=False) for p in prompts]
-        with torch.no_grad():
-            injection = self.visual_tokens(batch_media, cache, batch_size=len(prompts))
         return prompts, ids, injection
 
     def _context_key(self, injection: VisualInjection | None) -> tuple[str, int]:
@@ -473,19 +418,21 @@ class ImageBindLLM(nn.Module):
     def generate(
         self,
         prompt: str | list[str],
-        media: Sequence[Media] | Sequence[Sequence[Media]] | None = None,
+        features: torch.Tensor | VisualFeatures | None = None,
         *,
+        active: torch.Tensor | None = None,
         sampling: Sampling | None = None,
-        cache: CacheSettings | None = None,
         **sampling_overrides: Any,
     ) -> Generation | list[Generation]:
         """Decode a continuation of the final prompt text (already wrapped in ``prompt_template``).
 
-        A list of prompts decodes as one padded batch (``media`` then is a list of per-prompt lists) and
-        returns a list. ``sampling_overrides`` (``temperature=0``, ``max_new_tokens=…``, ``stop=[…]``)
-        replace fields of ``sampling`` (default: the reference's T=0.1, top_p=0.75).
+        ``features``: visual features [B, visual_dim] (or ``VisualFeatures`` from a media stage; one row
+        per prompt, or one row for all); None decodes without visual input. A list of prompts decodes as
+        one padded batch and returns a list. ``sampling_overrides`` (``temperature=0``,
+        ``max_new_tokens=…``, ``stop=[…]``) replace fields of ``sampling`` (default: the reference's
+        T=0.1, top_p=0.75).
         """
-        _, ids, injection = self._prepare(prompt, media, cache)
+        _, ids, injection = self._prepare(prompt, features, active)
         s = self._sampling(sampling, sampling_overrides)
         with torch.no_grad():
             results = self.engine.generate(ids, s, context_key=self._context_key(injection),
@@ -499,36 +446,27 @@ class ImageBindLLM(nn.Module):
     def stream(
         self,
         prompt: str,
-        media: Sequence[Media] | None = None,
+        features: torch.Tensor | VisualFeatures | None = None,
         *,
+        active: torch.Tensor | None = None,
         sampling: Sampling | None = None,
-        cache: CacheSettings | None = None,
         **sampling_overrides: Any,
     ) -> Iterator[str]:
         """Yield text deltas of one generation; they join to ``generate(...).text`` for the same settings."""
         if not isinstance(prompt, str):
             raise ConfigError("stream() takes a single prompt string")
-        _, ids, injection = self._prepare(prompt, media, cache)
+        _, ids, injection = self._prepare(prompt, features, active)
         s = self._sampling(sampling, sampling_overrides)
         # The engine's TextStream: an iterator of str deltas whose ``.result`` holds the final Result.
         return self.engine.stream(ids[0], s, context_key=self._context_key(injection),
                                   step=self._step_for(injection))
 
 
-def _as_batch(media) -> list[list[Media]]:
-    """One sample's ``[Media, ...]`` -> ``[[Media, ...]]``; a batch ``[[...], [...]]`` unchanged."""
-    media = list(media)
-    if not media:
-        return [[]]
-    if all(isinstance(m, Media) for m in media):
-        return [media]
-    out = []
-    for sample in media:
-        if isinstance(sample, Media):
-            raise ConfigError("media must be a list of Media or a list of per-sample lists, not a mix")
-        sample = list(sample or [])
-        for m in sample:
-            if not isinstance(m, Media):
-                raise ConfigError(f"media items must be ibllm_agent.types.Media, got {type(m).__name__}")
-        out.append(sample)
-    return out
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype or one of the Settings spellings ('bf16', 'float32', 'auto' …)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    from ibllm_agent.config import resolve_dtype
+
+    return resolve_dtype(str(dtype))

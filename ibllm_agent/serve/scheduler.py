@@ -139,7 +139,8 @@ class BatchScheduler:
     """One worker thread batching ``submit``-ted requests onto ``model`` (see module docstring).
 
     Args:
-        model: a ``TextGenerator``; batched when it has ``engine.stream_batch`` (``ImageBindLLM``).
+        model: a ``TextGenerator``; batched when it is a ``MultimodalLLM`` (``ibllm_agent.load_model``)
+            whose LM engine has ``stream_batch``.
         max_batch_size: rows per batch.
         max_wait_s: how long the worker waits for more requests before starting a batch that is not
             full (only when the queue holds fewer than ``max_batch_size`` same-key requests).
@@ -305,24 +306,26 @@ class BatchScheduler:
 
 
 def _batch_stream_of(model: Any):
-    """``tickets -> BatchStream`` for an ``ImageBindLLM`` (its engine's ``stream_batch`` with the
-    batch's visual injection bound), or None when the model cannot batch.
+    """``tickets -> BatchStream`` for a ``MultimodalLLM`` (``ibllm_agent.load_model``): its media stage
+    encodes the batch's media, and the LM's engine ``stream_batch`` runs with the batch's visual
+    injection bound; None when the model cannot batch.
 
-    The ONE place that reaches into the model: when ``ibllm_agent.load_model`` lands (media stage
-    separate from the LM), only this function changes.
+    The ONE place that reaches into the model.
     """
-    engine = getattr(model, "engine", None)
-    if engine is None or not hasattr(engine, "stream_batch") or not hasattr(model, "_step_for"):
+    llm = getattr(model, "llm", None)  # the ImageBindLLM behind the media stage
+    engine = getattr(llm, "engine", None)
+    if engine is None or not hasattr(engine, "stream_batch") or not hasattr(llm, "_step_for"):
         return None
 
     def open_batch(tickets: list[Ticket]):
         import torch
 
         prompts = [t.prompt for t in tickets]
-        media = [t.media for t in tickets] if any(t.media for t in tickets) else None
-        _, ids, injection = model._prepare(prompts, media, tickets[0].cache)
+        media = [list(t.media or []) for t in tickets] if any(t.media for t in tickets) else None
         with torch.no_grad():
-            return engine.stream_batch(ids, model._sampling(tickets[0].sampling, {}), step=model._step_for(injection))
+            feats = model.encode(media, tickets[0].cache, batch_size=len(prompts))  # VisualFeatures [B, D]
+            _, ids, injection = llm._prepare(prompts, feats, None)
+            return engine.stream_batch(ids, llm._sampling(tickets[0].sampling, {}), step=llm._step_for(injection))
 
     return open_batch
 
