@@ -8,7 +8,8 @@ A 3-turn conversation with tool steps (turn 1: an image attachment + a tool call
 ``build_agent`` with a SQLite checkpointer. The model is the real tiny ImageBind-LLM preset: each
 step runs its ``generate`` on the actual rendered prompt (prefill + ``--new-tokens`` decoded tokens,
 image encoded when attached), then returns the scripted step text so the conversation takes the same
-path every time. Timed per model step (median over ``--repeats`` conversations):
+path every time (``--new-tokens`` 64 by default: what the ``"tiny"`` chat model of ``build_agent`` allows
+a step). Timed per model step (median over ``--repeats`` conversations):
 
   model       the tiny model's generate (what the overhead is compared with)
   render      ``ChatImageBindLLM`` turning messages into the prompt (chat.rendering render + fit)
@@ -141,7 +142,7 @@ def conversation(agent, gen, image: Path, thread: str) -> float:
         answer("It is still a red square."),
         answer("You're welcome."),
     ]
-    stats = gen.real.engine.stats
+    stats = gen.real.llm.engine.stats  # MultimodalLLM: media stage + ImageBindLLM (.llm)
     gen.turns = []
     t0 = time.perf_counter()
     for text, attachments in (("What is in this picture?", [image]), ("Describe the image again", []),
@@ -154,7 +155,7 @@ def conversation(agent, gen, image: Path, thread: str) -> float:
 
 def prefill_report(agent, gen, image: Path) -> None:
     """Prefill tokens per turn of one conversation, with the engine's prefix reuse on and off."""
-    engine = gen.real.engine
+    engine = gen.real.llm.engine
     rows = {}
     for label, on in (("no reuse", False), ("reuse", True)):
         engine.prefix_cache = on
@@ -176,7 +177,8 @@ def prefill_report(agent, gen, image: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="conversations (3 turns, 5 model steps each)")
-    p.add_argument("--new-tokens", type=int, default=24, help="tokens the tiny model decodes per step")
+    p.add_argument("--new-tokens", type=int, default=64,
+                   help="tokens the tiny model decodes per step (64: the max_new_tokens of build_agent('tiny'))")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
 

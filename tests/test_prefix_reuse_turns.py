@@ -89,16 +89,36 @@ def test_weights_media_or_history_change_is_never_reused(model, tok):
     assert edited[4][1] <= len(tok.encode(f"{SYSTEM}History:\n")) + 1
 
 
-def test_imagebind_llm_key_changes_with_weights_and_media():
-    """The model's key: visual input and a stamp of the weights; any in-place update changes it."""
+def test_imagebind_llm_reuses_across_turns_but_not_after_a_weight_or_media_change():
+    """The model's key: a hash of the visual input and a stamp of the weights' versions."""
     from ibllm_agent.model import ImageBindLLM
 
-    m = ImageBindLLM.from_preset("tiny", seed=5, text_only="off")
-    key = m._context_key(None)
-    assert m._context_key(None) == key
+    m = ImageBindLLM.from_preset("tiny", seed=5)
+    with torch.no_grad():  # visible gates, so the visual input changes the KV
+        for i in m.config.layers:
+            m.lm.model.layers[i].self_attn.gate.fill_(1.0)
+    g = torch.Generator().manual_seed(0)
+    fa, fb = torch.randn(1, m.config.visual_dim, generator=g), torch.randn(1, m.config.visual_dim, generator=g)
+    turn1 = SYSTEM + "Human: what is in the picture?\nAI:"
+    turn2 = SYSTEM + "Human: what is in the picture?\nAI: a cat\nHuman: and its colour?\nAI:"
+
+    def run(prompt, feats):
+        return m.generate(prompt, feats, temperature=0, max_new_tokens=4)
+
+    run(turn1, fa)
+    second = run(turn2, fa)
+    assert second.extras["reused_tokens"] >= len(m.tokenizer.encode(turn1, bos=True)) - 2
+    m.engine.prefix_cache = False  # the reused prefix gives exactly what a full prefill gives
+    assert run(turn2, fa).extras["token_ids"] == second.extras["token_ids"]
+    m.engine.prefix_cache = True
+    assert run(turn2, fb).extras["reused_tokens"] == 0  # other media
     with torch.no_grad():
-        m.lm.lm_head.weight.add_(0.0)  # an optimizer step or load_state_dict bumps the version
-    assert m._context_key(None) != key
+        m.lm.lm_head.weight.mul_(1.5)  # in place, as an optimizer step: the stamp changes
+    after = run(turn2, fa)
+    assert after.extras["reused_tokens"] == 0
+    m.engine.prefix_cache = False  # the same call without reuse gives the same tokens
+    m.engine.clear_cache()
+    assert run(turn2, fa).extras["token_ids"] == after.extras["token_ids"]
 
 
 def test_byte_budget_lru_and_partial_matches_copy(model, tok):
