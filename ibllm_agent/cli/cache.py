@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
                  "or a checkpoint path.")] = "huge_w3d",
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 64,
         memory_budget: Annotated[str | None, typer.Option(
-            "--memory-budget", help="RAM for the index, e.g. 4GiB or 500MB (GB = 10^9, GiB = 2^30; default 4 GiB); picks the index kind.")] = None,
+            "--memory-budget", help="RAM for the index, e.g. 4GiB or 500MB (GB = 10^9, GiB = 2^30; default 4 GiB); picks the index kind, and keeps the features in RAM when both fit.")] = None,
         index: Annotated[str | None, typer.Option(
             help="Force the index kind: flat, ivf_sq8 or ivf_pq (default: by size and budget).")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device for the encoder (default cpu).")] = None,
