@@ -21,6 +21,7 @@ from ibllm_agent.cli.run import (
     NO_TOOLS_OPT,
     TOOL_OPT,
     WORKSPACE_OPT,
+    tool_choice,
 )
 
 
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
             max_concurrent=max_concurrent, max_new_tokens=max_new_tokens,
             remote=RemotePolicy(allow_private_network=allow_private_network),
             memory_url=settings.memory_url, workspace_dir=settings.workspace_dir,
-            agent_tools=[] if no_tools else (list(tool) or None), agent_workers=agent_workers, max_steps=max_steps,
+            agent_tools=tool_choice(tool, no_tools), agent_workers=agent_workers, max_steps=max_steps,
         )
         typer.echo(f"serving {config.model_id!r} on http://{host}:{port} (auth: {'on' if keys else 'off'})", err=True)
         app = create_app(generator, config)
