@@ -8,8 +8,12 @@ Data: synthetic *clustered* unit vectors shaped like image embeddings — a shar
 same cluster ≈ 0.65) plus isotropic noise. Generated in chunks straight into a float16 memmap, so RAM
 stays bounded; reused across runs with the same --n/--dim/--seed.
 
-Printed side by side:
-  ours       VisualCache.from_features (index chosen by the sizing rules) + exact re-scoring
+Printed side by side, on one index built once:
+  before     the sizing rules' search plan (nprobe = max(32, nlist/64), refine 32), features
+             memory-mapped: what ``VisualCache.from_features(..., recall=None)`` gives
+  after      the recall planner's plan for ``--recall`` (default 0.95): nprobe/refine measured on
+             held-out rows against exact search, features in RAM when index + features fit
+             ``--memory-budget`` (``VisualCache.plan_for_recall``, what a default build does)
   reference  faiss IndexFlatIP search + one Python ``index.reconstruct`` per neighbour (as the
              reference's forward_visual does), float32 in RAM
 
@@ -138,21 +142,22 @@ def timed_queries(fn, queries: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]
     return np.asarray(lat), rows
 
 
-def bench_ours(features, queries, truth, k, memory_budget, index=None, nprobe=0, refine=0):
+def build_ours(features, memory_budget, index=None):
+    """(cache with the sizing rules' plan, build seconds, anon RSS growth)."""
     from ibllm_agent.cache import VisualCache
 
     gc.collect()
     before = _rss()["anon"]
     t0 = time.perf_counter()
-    cache = VisualCache.from_features(features, memory_budget=memory_budget, index=index)
+    cache = VisualCache.from_features(features, memory_budget=memory_budget, index=index, recall=None)
     build_s = time.perf_counter() - t0
-    if (nprobe or refine) and cache.plan.nlist:  # override the sizing rules (explore recall vs latency)
-        from dataclasses import replace
-
-        cache.plan = replace(cache.plan, nprobe=nprobe or cache.plan.nprobe, refine=refine or cache.plan.refine)
-        cache._search_index = None
     gc.collect()
-    anon = _rss()["anon"] - before
+    return cache, build_s, _rss()["anon"] - before
+
+
+def bench_ours(cache, label, build_s, anon, queries, truth, k, nprobe=0, refine=0):
+    if (nprobe or refine) and cache.plan.nlist:  # override the plan (explore recall vs latency)
+        cache.tune(nprobe=nprobe or None, refine=refine or None)
 
     def one(q):
         _, rows, _, _ = cache.neighbours(q[None, :], k)  # scores, rows, vectors: what enhance() needs
@@ -166,12 +171,15 @@ def bench_ours(features, queries, truth, k, memory_budget, index=None, nprobe=0,
         t_enh.append(time.perf_counter() - t1)
     import faiss
 
+    p = cache.plan
+    store = "" if p.kind == "flat" else (" RAM" if p.resident else " mmap")
     return {
-        "name": f"ours ({cache.plan.kind}" + (f", nlist={cache.plan.nlist} nprobe={cache.plan.nprobe}"
-                                               f"{f' PQ{cache.plan.pq_m}x{cache.plan.pq_nbits}' if cache.plan.pq_m else ' SQ8'} refine x{cache.plan.refine}"
-                                               if cache.plan.kind != "flat" else "") + ")",
+        "name": f"{label} ({p.kind}" + (f" {p.nlist} lists{f' PQ{p.pq_m}x{p.pq_nbits}' if p.pq_m else ' SQ8'}"
+                                        f" nprobe={p.nprobe} refine x{p.refine}{store}"
+                                        if p.kind != "flat" else "") + ")",
         "build_s": build_s,
-        "ram": len(faiss.serialize_index(cache.index)),
+        # index bytes, plus the float16 refinement store when the plan keeps it in RAM
+        "ram": len(faiss.serialize_index(cache.index)) + (2 * len(cache) * cache.dim if p.resident else 0),
         "anon_delta": anon,
         "p50_ms": 1e3 * np.percentile(lat, 50),
         "p99_ms": 1e3 * np.percentile(lat, 99),
@@ -229,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nprobe", type=int, default=0, help="override nprobe (default: the sizing rules)")
     ap.add_argument("--refine", type=int, default=0, help="override the refine factor (candidates = refine·k)")
     ap.add_argument("--threads", type=int, default=0, help="faiss threads (default: all cores)")
+    ap.add_argument("--recall", type=float, default=0.95, help="recall@10 target of the planned ('after') row")
+    ap.add_argument("--plan-queries", type=int, default=256, help="held-out rows the planner measures on")
     ap.add_argument("--noise", type=float, default=NOISE,
                     help="norm of the isotropic noise (0.5: same-sub-cluster cosine ~0.85; 1.0: ~0.6, harder)")
     args = ap.parse_args(argv)
@@ -256,7 +266,14 @@ def main(argv: list[str] | None = None) -> None:
         np.save(truth_file, truth)
     print(f"ground truth: exact top-{args.k} of {args.queries} queries ({time.perf_counter() - t0:.1f} s)")
 
-    results = [bench_ours(feats, queries, truth, args.k, int(args.memory_budget * 2**30), args.index, args.nprobe, args.refine)]
+    budget = int(args.memory_budget * 2**30)
+    cache, build_s, anon = build_ours(feats, budget, args.index)
+    results = [bench_ours(cache, "before: rules", build_s, anon, queries, truth, args.k, args.nprobe, args.refine)]
+    t0 = time.perf_counter()
+    report = cache.plan_for_recall(args.recall, memory_budget=budget, queries=args.plan_queries)
+    plan_s = time.perf_counter() - t0
+    results.append(bench_ours(cache, f"after: recall {args.recall:g}", plan_s, anon, queries, truth, args.k))
+    print(f"planner: {report.summary()}; {plan_s:.1f} s (its build-s column)")
     ref_bytes = 4 * args.n * args.dim
     avail = _mem_available()
     if args.skip_reference:
@@ -268,17 +285,18 @@ def main(argv: list[str] | None = None) -> None:
         nq = min(args.ref_queries, args.queries)
         results.append(bench_reference(feats, queries[:nq], truth[:nq], args.k))
 
-    head = f"{'':58s} {'build s':>9s} {'RAM GiB':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>9s} {'enhance p50':>11s}"
+    head = f"{'':72s} {'build s':>9s} {'RAM GiB':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>9s} {'enhance p50':>11s}"
     print(f"\nn = {args.n:,}, dim = {args.dim}, k = {args.k}, noise = {args.noise:g}")
     print(head)
     for r in results:
         enh = r["enhance_p50_ms"]  # not timed for the reference procedure (NaN): shown as "-"
         enh_text = f"{enh:9.2f} ms" if np.isfinite(enh) else f"{'-':>12s}"
-        print(f"{r['name'][:58]:58s} {r['build_s']:9.1f} {r['ram'] / 2**30:8.3f} {r['p50_ms']:8.2f} "
+        print(f"{r['name'][:72]:72s} {r['build_s']:9.1f} {r['ram'] / 2**30:8.3f} {r['p50_ms']:8.2f} "
               f"{r['p99_ms']:8.2f} {r['recall']:9.4f} {enh_text}")
-    print(f"(ours also memory-maps {feats.nbytes / 2**30:.2f} GiB of float16 features from disk; "
-          f"anon RSS growth while building: {results[0]['anon_delta'] / 2**30:.2f} GiB)")
-    if len(results) > 1:
+    print(f"(features: {feats.nbytes / 2**30:.2f} GiB of float16, memory-mapped (mmap) or read into RAM; "
+          f"anon RSS growth while building: {results[0]['anon_delta'] / 2**30:.2f} GiB; "
+          f"recall@10 on {args.queries} queries not used for planning)")
+    if len(results) > 2:
         print(f"(reference p50/p99 over {min(args.ref_queries, args.queries)} queries; "
               f"ours over {args.queries})")
 

@@ -28,12 +28,14 @@ many outputs were scripted, unless ``repeat_last=True`` (then the last output is
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-from ibllm_agent.errors import IbllmError
+from ibllm_agent.errors import ConfigError, IbllmError
 from ibllm_agent.stops import cut_at_stop
 from ibllm_agent.types import CacheSettings, Generation, Media, Sampling
 
@@ -44,6 +46,31 @@ _TOKEN = re.compile(r"\S+\s*|\s+")
 
 class ScriptExhaustedError(IbllmError, RuntimeError):
     """A ``ScriptedGenerator`` was asked for more outputs than were scripted."""
+
+
+SCRIPTED_PREFIX = "scripted:"
+
+
+def load_scripted(spec: str | Path) -> ScriptedGenerator:
+    """The ``ScriptedGenerator`` of a ``--model scripted:PATH.json`` value (the prefix is optional):
+    it replays the JSON list of strings in the file (a testing aid: drive the CLI without weights).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, not JSON, or not a list of strings.
+    """
+    text = str(spec)
+    path = Path(text[len(SCRIPTED_PREFIX):] if text.startswith(SCRIPTED_PREFIX) else text).expanduser()
+    try:
+        outputs = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"scripted model file not found: {path}") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"cannot read scripted model file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
+    return ScriptedGenerator(outputs)
 
 
 class ScriptedGenerator:

@@ -212,7 +212,11 @@ def test_save_load_same_results(tmp_path, kind, queries):
     cache = VisualCache.from_features(bank, ids=ids, index=kind)
     cache.save(tmp_path / "c")
     loaded = VisualCache.load(tmp_path / "c")
-    assert isinstance(loaded.features, np.memmap) and loaded.features.dtype == np.float16
+    assert loaded.features.dtype == np.float16
+    # A flat cache maps its features; a planned IVF cache whose features fit the budget reads them into RAM.
+    from ibllm_agent.cache.store import is_mapped
+
+    assert is_mapped(loaded.features) == (kind == "flat") and loaded.plan.resident == (kind != "flat")
     assert len(loaded) == 5000 and loaded.dim == 32 and loaded.ids == ids and loaded.plan == cache.plan
     for a, b in zip(cache.search(queries, 10), loaded.search(queries, 10)):
         np.testing.assert_array_equal(a, b)
@@ -422,7 +426,7 @@ def test_searches_beyond_the_gpu_k_limit_use_the_cpu_index(monkeypatch):
     monkeypatch.setattr(vc, "to_search_device", lambda index: fakes.append(GpuIndexFake(index)) or fakes[-1])
     monkeypatch.setattr(vc, "set_nprobe", lambda index, nprobe: None)  # the CPU index keeps its build nprobe
     bank = clustered(5000, 16)
-    cache = VisualCache.from_features(bank, index="ivf_pq")
+    cache = VisualCache.from_features(bank, index="ivf_pq", recall=None)  # no planning: only these searches
     q = bank[:2]
     small = cache.enhance(q, k=10)
     assert fakes and fakes[0].calls == [10 * cache.plan.refine]  # served by the "GPU"

@@ -151,3 +151,31 @@ def test_bad_or_unavailable_device_is_one_error_line(app, images, tmp_path):
         res = run(app, "cache", "build", images, "--out", tmp_path / "d", "--encoder", "tiny", "--device", "cuda",
                   "--no-progress")
         assert res.exit_code == 2 and "CUDA is not available" in res.output
+
+
+def test_build_recall_info_and_tune(app, tmp_path):
+    """`cache build --recall` measures the plan, `cache info` shows it, `cache tune --recall` re-plans."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 16))
+    feats = centres[rng.integers(0, 20, 3000)] + 0.7 * rng.standard_normal((3000, 16))
+    np.save(tmp_path / "f.npy", feats.astype(np.float32))
+    out = tmp_path / "c"
+    res = run(app, "cache", "build", tmp_path / "f.npy", "--out", out, "--index", "ivf_pq", "--recall", "0.97",
+              "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "recall@10" in res.output and "target 0.97" in res.output
+    info = json.loads(run(app, "cache", "info", out, "--json").output)
+    assert info["recall"]["target"] == 0.97 and info["recall"]["recall"] >= 0.97 and info["recall"]["met"]
+    cost = info["index_params"]["nprobe"] * info["index_params"]["refine"]
+    text = run(app, "cache", "info", out).output
+    assert "recall     nprobe" not in text and "recall@10" in text and "held-out rows" in text
+    res = run(app, "cache", "tune", out, "--recall", "0.5", "--queries", "100")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("before") and "target 0.5)" in res.output.splitlines()[1]
+    info = json.loads(run(app, "cache", "info", out, "--json").output)
+    assert info["recall"]["target"] == 0.5 and info["recall"]["queries"] == 100
+    assert info["index_params"]["nprobe"] * info["index_params"]["refine"] <= cost  # a lower target costs less
+    res = run(app, "cache", "tune", tmp_path / "nowhere", "--recall", "0.9")
+    assert res.exit_code == 2 and "error:" in res.output
+    res = run(app, "cache", "build", tmp_path / "f.npy", "--out", tmp_path / "d", "--recall", "0", "--no-progress")
+    assert res.exit_code == 0 and "recall@" not in res.output

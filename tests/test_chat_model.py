@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from ibllm_agent.chat import ChatImageBindLLM
 from ibllm_agent.errors import ConfigError, IbllmError
 from ibllm_agent.experts import FunctionExpert, format_line, run_experts
-from ibllm_agent.testing import ScriptedGenerator, ScriptExhaustedError
+from ibllm_agent.testing import ScriptedGenerator, ScriptExhaustedError, load_scripted
 from ibllm_agent.types import CacheSettings, Media, Sampling, TextGenerator
 
 
@@ -45,6 +45,19 @@ def test_scripted_generator_is_a_text_generator_and_records_calls():
     with pytest.raises(ScriptExhaustedError, match="2 output"):
         gen.generate("p3")
     assert issubclass(ScriptExhaustedError, IbllmError)
+
+
+def test_load_scripted_reads_a_json_list_and_names_what_is_wrong(tmp_path):
+    good = tmp_path / "out.json"
+    good.write_text('["Thought: Do I need to use a tool? No\\nAI: hi"]', encoding="utf-8")
+    gen = load_scripted(f"scripted:{good}")  # the --model form; a bare path works too
+    assert gen.generate("p").text.endswith("AI: hi") and load_scripted(good).remaining == 1
+    (tmp_path / "bad.json").write_text("[1, 2]", encoding="utf-8")
+    (tmp_path / "broken.json").write_text("[", encoding="utf-8")
+    for spec, message in [(tmp_path / "none.json", "not found"), (tmp_path / "bad.json", "JSON list of strings"),
+                          (tmp_path / "broken.json", "not valid JSON"), (tmp_path, "cannot read")]:
+        with pytest.raises(ConfigError, match=message):
+            load_scripted(f"scripted:{spec}")
 
 
 def test_scripted_generator_honours_stop_and_length_and_streams_in_pieces():

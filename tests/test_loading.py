@@ -187,7 +187,7 @@ def test_no_global_lock_while_a_model_loads(monkeypatch):
 
 
 def test_agent_accepts_model_names_and_a_bare_llm(tmp_path):
-    from ibllm_agent.agent.runtime import load_chat_model
+    from ibllm_agent.agent.chat_loading import load_chat_model
 
     chat = load_chat_model("tiny", device="cpu", dtype="bf16")
     assert chat.model.llm.dtype == torch.bfloat16

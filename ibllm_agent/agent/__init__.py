@@ -2,6 +2,9 @@
 
 - ``runtime``: ``build_agent`` → ``Agent`` (a ``create_agent`` graph + memory + workspace + tools),
   ``TurnResult``.
+- ``chat_loading``: ``load_chat_model`` — a chat model from a model object, preset name, folder or
+  ``scripted:PATH``.
+- ``tool_list``: the tools an agent binds (installed + usable built-in tools, or the caller's list).
 - ``workspace``: per-thread files under GPT4Tools names; the path gate every tool goes through.
 - ``memory``: memory URL → LangGraph checkpointer; thread listing/deletion.
 - ``registry``: tool registry (GPT4Tools names, ``@tool`` functions, entry points), ``ToolContext``.
@@ -23,7 +26,7 @@ _LAZY = {
     "TurnResult": "ibllm_agent.agent.runtime",
     "TurnEvent": "ibllm_agent.agent.runtime",
     "ToolCallRecord": "ibllm_agent.agent.runtime",
-    "load_chat_model": "ibllm_agent.agent.runtime",
+    "load_chat_model": "ibllm_agent.agent.chat_loading",
     "Workspace": "ibllm_agent.agent.workspace",
     "ThreadWorkspace": "ibllm_agent.agent.workspace",
     "StoredFile": "ibllm_agent.agent.workspace",

@@ -29,11 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibllm_agent.agent.chat_loading import load_chat_model
 from ibllm_agent.agent.limits import AgentLimits, TurnLocks
 from ibllm_agent.agent.memory import Memory, ThreadInfo, open_memory
 from ibllm_agent.agent.models import ModelPool
+from ibllm_agent.agent.tool_list import default_agent_tools, resolve_tools
 from ibllm_agent.agent.workspace import StoredFile, Workspace, neutral_description
-from ibllm_agent.errors import ConfigError, ToolRegistryError
+from ibllm_agent.errors import ConfigError
 from ibllm_agent.sync_bridge import iterate_in_thread, run_in_thread
 from ibllm_agent.types import Media
 
@@ -143,138 +145,6 @@ def _events(mode: str, payload: Any, streamed: list[str]) -> list[TurnEvent]:
                 events.append(TurnEvent("tool_result", text=_text_of(m.content), name=m.name,
                                         status=getattr(m, "status", "success")))
     return events
-
-
-def load_chat_model(
-    model: Any, cache_dir: str | Path | None = None, *, device: str | None = None, dtype: str | None = None,
-    **chat_options: Any,
-) -> Any:
-    """A LangChain chat model from what a user passes to ``build_agent`` / ``--model``.
-
-    - a ``BaseChatModel`` → unchanged; a ``TextGenerator`` (e.g. the ``MultimodalLLM`` of
-      ``ibllm_agent.load_model``, ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``; a bare
-      ``ImageBindLLM`` gets the media stage its config names first (``MultimodalLLM.from_llm``);
-    - a name of ``ibllm_agent.load_model`` (``"tiny"``: the random tiny preset for tests and smoke
-      runs; ``"demo"``: the demo model shipped in the package; ``"official"``: the converted official model in
-      ``<weights_dir>/official``; ``"auto"``: official when converted, else demo);
-    - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
-      aid: drive the CLI without weights);
-    - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).
-
-    Names and folders load through ``ibllm_agent.loading`` (shared between chat models with the same
-    settings); ``device`` / ``dtype`` follow the Settings rules there (None: ``IBLLM_DEVICE`` /
-    ``IBLLM_DTYPE``, the config file, ``auto``). ``cache_dir``: a ``VisualCache`` folder for the media
-    stage (media encodings then become cache-enhanced); an error for a ready-made chat model.
-
-    ``chat_options``: ``ChatImageBindLLM`` fields for a model built here (``max_new_tokens``,
-    ``temperature``, ``top_p``, ``seed``, …); an error for a ready-made chat model.
-
-    Chat models built here keep ``invalid_retries=0``: ``build_agent`` answers invalid steps (unknown
-    tool, malformed ``Action``) itself with an error observation and retries them
-    (``build_agent(invalid_retries=2)``), so the attempts stay visible in the thread.
-    """
-    from langchain_core.language_models import BaseChatModel
-
-    cache = None if cache_dir is None else str(Path(cache_dir).expanduser())
-    if isinstance(model, BaseChatModel):
-        if chat_options:
-            raise ConfigError(
-                f"chat options {sorted(chat_options)} apply to models built from a preset, folder or "
-                "TextGenerator; set them on a ready-made chat model itself"
-            )
-        if cache is not None:
-            raise ConfigError(
-                "cache_dir applies to models built from a preset, folder or TextGenerator; give a ready-made "
-                "chat model its cache itself (ChatImageBindLLM(cache_dir=...))"
-            )
-        return model
-    from ibllm_agent.chat import ChatImageBindLLM
-    from ibllm_agent.loading import available_models
-    from ibllm_agent.model.llm import ImageBindLLM
-    from ibllm_agent.types import TextGenerator
-
-    if isinstance(model, ImageBindLLM):
-        from ibllm_agent.multimodal import MultimodalLLM
-
-        model = MultimodalLLM.from_llm(model)
-    if isinstance(model, TextGenerator):
-        return ChatImageBindLLM(model=model, cache_dir=cache, **chat_options)
-    if not isinstance(model, (str, Path)):
-        raise ConfigError(
-            f"model must be a chat model, a TextGenerator, a model name {available_models()}, 'scripted:PATH' or "
-            f"a model folder; got {type(model).__name__}"
-        )
-    spec = str(model)
-    placement = {"device": device, "dtype": dtype}
-    if spec == "tiny":
-        # A context that holds the GPT4Tools prompt (~700 tokens) and short answers: the random tiny
-        # model only exercises the plumbing, so long generations would just cost time.
-        return ChatImageBindLLM(**{"preset": "tiny", "max_new_tokens": 64, "cache_dir": cache, **placement,
-                                   **chat_options})
-    if isinstance(model, str) and spec in available_models():
-        return ChatImageBindLLM(preset=spec, cache_dir=cache, **placement, **chat_options)
-    if spec.startswith("scripted:"):
-        from ibllm_agent.testing import ScriptedGenerator
-
-        path = Path(spec[len("scripted:"):]).expanduser()
-        try:
-            outputs = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"scripted model file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
-        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-            raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ChatImageBindLLM(model=ScriptedGenerator(outputs), cache_dir=cache, **chat_options)
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"model {spec!r} is not a model name {available_models()}, 'scripted:PATH' or an existing model folder"
-        )
-    return ChatImageBindLLM(model_dir=str(path), cache_dir=cache, **placement, **chat_options)
-
-
-def _default_tools(chat: Any) -> list[Any]:
-    """Installed tools (entry points) plus the built-in vision tools that can run here (weights
-    present or none needed); an installed tool with a built-in tool's name replaces it."""
-    from ibllm_agent.agent.registry import default_registry
-    from ibllm_agent.tools import default_tools
-
-    installed = default_registry().tools()
-    names = {t.name for t in installed}
-    from ibllm_agent.types import TextGenerator
-
-    generator = getattr(chat, "model", None)
-    if not isinstance(generator, TextGenerator):  # another chat model (its .model may be a name string)
-        generator = None
-    # The media stage's visual cache (a MultimodalLLM's) also enhances any-to-image.
-    cache = getattr(getattr(generator, "media", None), "cache", None)
-    builtin = default_tools(generator=generator, cache=cache, available_only=True)
-    return installed + [t for t in builtin if t.name not in names]
-
-
-def _resolve_tools(tools: Any) -> list[Any]:
-    from langchain_core.tools import BaseTool
-
-    from ibllm_agent.agent.registry import ToolRegistry, _as_tool, default_registry
-
-    if tools is None:
-        return default_registry().tools()
-    if isinstance(tools, ToolRegistry):
-        return tools.tools()
-    out = []
-    for t in tools:
-        if isinstance(t, str):
-            out.append(default_registry().get(t))
-        elif isinstance(t, BaseTool) or callable(t):
-            out.append(_as_tool(t))
-        else:
-            raise ToolRegistryError(f"cannot use {t!r} as a tool: pass a tool, a function or a registered name")
-    names = [t.name for t in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ToolRegistryError(f"duplicate tool names: {dupes}")
-    return out
 
 
 class Agent:
@@ -683,7 +553,7 @@ def build_agent(
     mem = open_memory(memory)
     try:
         chat = load_chat_model(model, cache_dir, device=model_device, dtype=dtype, **(chat_options or {}))
-        tool_list = _default_tools(chat) if tools is None else _resolve_tools(tools)
+        tool_list = default_agent_tools(chat) if tools is None else resolve_tools(tools)
         graph = create_agent(
             chat,
             tool_list,

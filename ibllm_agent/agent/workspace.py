@@ -11,7 +11,7 @@ Layout (one folder per conversation thread)::
 Names are what the model sees and writes back in ``Action Input`` lines, so they follow the GPT4Tools
 upload rule: ``{folder}/{first 8 hex chars of a uuid4}.{ext}``. Images are resized so the longer side
 is 512 and then each side is rounded to a multiple of 64 (the GPT4Tools / Visual ChatGPT upload rule
-the model was trained with), and stored as RGB PNG.
+the model was trained with), and stored as RGB PNG (the converters live in ``agent/attachments.py``).
 
 ``ThreadWorkspace.resolve`` is the one gate every tool path goes through: absolute paths, ``..``,
 symlinks that lead out of the thread folder and names that do not exist raise typed errors whose
@@ -21,20 +21,23 @@ messages are written for the model to read ("file not found: image/abcd1234.png;
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
-import tempfile
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ibllm_agent.agent.attachments import (
+    WRITERS,
+    check_loadable,
+    describe_source,
+    gpt4tools_image_size,
+    infer_modality_of,
+)
 from ibllm_agent.errors import WorkspaceError, WorkspaceFileNotFoundError
-from ibllm_agent.media.formats import extension_modality
 
 __all__ = [
     "FOLDERS",
@@ -71,21 +74,6 @@ _NOUNS: dict[str, str] = {
 
 _SAFE_THREAD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _THREAD_MARKER = ".thread_id"
-_MAX_SIDE = 512
-_MULTIPLE = 64
-
-
-def gpt4tools_image_size(width: int, height: int) -> tuple[int, int]:
-    """The GPT4Tools upload size: scale so the longer side is 512, round each side to a multiple of 64.
-
-    Small images are scaled up as in the reference (the detectors and SD tools expect ~512 px).
-    A side never rounds below 64 (a 1000x20 strip would otherwise become 0 px high).
-    """
-    ratio = min(_MAX_SIDE / width, _MAX_SIDE / height)
-    w, h = round(width * ratio), round(height * ratio)
-    w = max(_MULTIPLE, int(round(w / _MULTIPLE)) * _MULTIPLE)
-    h = max(_MULTIPLE, int(round(h / _MULTIPLE)) * _MULTIPLE)
-    return w, h
 
 
 def neutral_description(modality: str) -> str:
@@ -301,22 +289,22 @@ class ThreadWorkspace:
                 raise WorkspaceError(f"attachment not found: {source} (no such file)")
             source = p
         if modality is None:
-            modality = _infer_modality(source)
+            modality = infer_modality_of(source)
         if modality not in FOLDERS:
-            raise WorkspaceError(f"unknown modality {modality!r} for attachment {_describe(source)}; "
+            raise WorkspaceError(f"unknown modality {modality!r} for attachment {describe_source(source)}; "
                                  f"known: {', '.join(FOLDERS)}")
         name, path = self.new_file(modality)
         try:
-            _WRITERS[modality](source, path)
+            WRITERS[modality](source, path)
         except WorkspaceError:
             path.unlink(missing_ok=True)
             raise
         except Exception as exc:  # decoder errors of PIL / soundfile / av / numpy
             path.unlink(missing_ok=True)
             raise WorkspaceError(
-                f"cannot store {modality} attachment {_describe(source)}: {type(exc).__name__}: {exc}"
+                f"cannot store {modality} attachment {describe_source(source)}: {type(exc).__name__}: {exc}"
             ) from exc
-        _check_loadable(path, modality, source)
+        check_loadable(path, modality, source)
         return StoredFile(name=name, path=path.resolve(), modality=modality)
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -340,28 +328,6 @@ class ThreadWorkspace:
 
     def __repr__(self) -> str:
         return f"ThreadWorkspace({self.thread_id!r}, {str(self.root)!r})"
-
-
-def _check_loadable(path: Path, modality: str, source: Any) -> None:
-    """Reject (and remove) a stored file the model's loader cannot read.
-
-    The model re-reads a thread's latest attachments on every later turn that brings none, so a file
-    that stores fine but does not load (an 8-bit "depth" PNG, an undecodable video stream) would make
-    every later turn of the thread fail. Images and text are fully decoded by their writers already.
-    """
-    if modality in ("image", "text"):
-        return
-    try:
-        from ibllm_agent import media
-    except ImportError:  # media package absent in a trimmed install: nothing to check against
-        return
-    from ibllm_agent.errors import IbllmError
-
-    try:
-        media.load(path, modality)
-    except IbllmError as exc:
-        path.unlink(missing_ok=True)
-        raise WorkspaceError(f"cannot use {modality} attachment {_describe(source)}: {exc}") from exc
 
 
 _QUOTES = "\"'`"
@@ -402,217 +368,3 @@ def _inside(path: Path, base: Path) -> bool:
         return False
 
 
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    if isinstance(source, (bytes, bytearray)):
-        return f"<{len(source)} bytes>"
-    return f"<{type(source).__name__}>"
-
-
-def _infer_modality(source: Any) -> str:
-    """Modality of an attachment: the media package's detector, else the file extension."""
-    try:
-        from ibllm_agent.media import infer_modality
-    except ImportError:  # the loaders' dependencies absent in a trimmed install: extensions only
-        infer_modality = None
-    if infer_modality is not None:
-        try:
-            found = infer_modality(source)
-        except Exception:
-            found = None
-        if found:
-            return str(found)
-    if isinstance(source, Path) and extension_modality(source) not in (None, "array"):
-        return str(extension_modality(source))
-    try:
-        from PIL import Image
-
-        if isinstance(source, Image.Image):
-            return "image"
-    except ImportError:
-        pass
-    raise WorkspaceError(f"cannot tell the modality of attachment {_describe(source)}; pass modality=")
-
-
-def _as_file(source: Any, suffix: str) -> tuple[Path, bool]:
-    """A path for ``source`` (bytes go to a temporary file); second value: delete it afterwards."""
-    if isinstance(source, Path):
-        return source, False
-    if isinstance(source, (bytes, bytearray)):
-        fd, tmp = tempfile.mkstemp(suffix=suffix)
-        with os.fdopen(fd, "wb") as f:
-            f.write(bytes(source))
-        return Path(tmp), True
-    raise WorkspaceError(f"unsupported attachment source {_describe(source)}: pass a path or bytes")
-
-
-def _open_image(source: Any, from_array: Callable[[Any], Any]) -> Any:
-    """A loaded PIL image from a PIL image, encoded bytes or a path; arrays go through ``from_array``."""
-    from PIL import Image
-
-    if isinstance(source, Image.Image):
-        img = source
-    elif isinstance(source, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(bytes(source)))
-    elif isinstance(source, Path):
-        img = Image.open(source)
-    else:
-        img = from_array(source)
-    img.load()
-    return img
-
-
-def _rgb_from_array(source: Any) -> Any:
-    import numpy as np
-    from PIL import Image
-
-    arr = np.asarray(source)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3, 4):
-        arr = arr.transpose(1, 2, 0)  # CHW -> HWC
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(arr.squeeze())
-
-
-def _write_image(source: Any, dest: Path) -> None:
-    from PIL import ImageOps
-
-    img = _open_image(source, _rgb_from_array)
-    img = ImageOps.exif_transpose(img).convert("RGB")
-    img = img.resize(gpt4tools_image_size(*img.size))
-    img.save(dest, "PNG")
-
-
-def _write_sensor_image(source: Any, dest: Path) -> None:
-    # Depth / thermal maps keep their resolution and bit depth (no GPT4Tools resize, no RGB).
-    def as_is(array: Any) -> Any:
-        import numpy as np
-        from PIL import Image
-
-        return Image.fromarray(np.asarray(array).squeeze())
-
-    _open_image(source, as_is).save(dest, "PNG")
-
-
-def _write_audio(source: Any, dest: Path) -> None:
-    import soundfile as sf
-
-    path, tmp = _as_file(source, ".audio")
-    try:
-        if path.suffix.lower() == ".wav":
-            sf.info(str(path))  # validates; raises on a corrupt file
-            shutil.copyfile(path, dest)
-            return
-        try:
-            data, rate = sf.read(str(path), always_2d=True)  # [frames, channels]
-        except Exception:
-            # Formats libsndfile cannot read (m4a/aac): decode with torchcodec (FFmpeg).
-            from torchcodec.decoders import AudioDecoder
-
-            samples = AudioDecoder(str(path)).get_all_samples()
-            data, rate = samples.data.numpy().T, int(samples.sample_rate)  # [C, N] -> [N, C]
-        if len(data) == 0:
-            raise WorkspaceError(f"audio attachment {_describe(source)} is empty (0 samples)")
-        sf.write(str(dest), data, rate, format="WAV", subtype="PCM_16")
-    finally:
-        if tmp:
-            path.unlink(missing_ok=True)
-
-
-def _write_video(source: Any, dest: Path) -> None:
-    import av
-
-    path, tmp = _as_file(source, ".video")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise WorkspaceError(f"video attachment {_describe(source)} has no video stream")
-            fmt = container.format.name
-        if "mp4" in fmt.split(","):
-            shutil.copyfile(path, dest)
-            return
-        _transcode_mp4(path, dest)
-    finally:
-        if tmp:
-            path.unlink(missing_ok=True)
-
-
-def _transcode_mp4(src: Path, dest: Path) -> None:
-    """Re-encode a non-MP4 video (avi/webm/mkv/mov) into MP4 so every video has one container."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dest), "w", format="mp4") as out:
-        vin = inp.streams.video[0]
-        rate = vin.average_rate or 25
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        vout = out.add_stream(codec, rate=rate)
-        vout.width = vin.codec_context.width - vin.codec_context.width % 2
-        vout.height = vin.codec_context.height - vin.codec_context.height % 2
-        vout.pix_fmt = "yuv420p"
-        for frame in inp.decode(vin):
-            frame = frame.reformat(width=vout.width, height=vout.height, format="yuv420p")
-            frame.pts = None
-            for packet in vout.encode(frame):
-                out.mux(packet)
-        for packet in vout.encode():
-            out.mux(packet)
-
-
-def _write_array(source: Any, dest: Path, *, min_cols: int, what: str) -> None:
-    import numpy as np
-
-    if isinstance(source, Path) and source.suffix.lower() == ".npy":
-        arr = np.load(source, allow_pickle=False)
-    elif isinstance(source, (bytes, bytearray)):
-        arr = np.load(io.BytesIO(bytes(source)), allow_pickle=False)
-    elif isinstance(source, Path):
-        arr = None
-    else:
-        arr = np.asarray(source)
-    if arr is None:
-        # Other point formats (.ply/.pts/.xyz/.obj/.pt): the media package's reader gives the raw
-        # coordinates [N, 3] (no normalisation or resampling: the model's loader does that later).
-        from ibllm_agent.media.limits import MediaLimits
-        from ibllm_agent.media.point import read_points
-
-        arr = read_points(source, MediaLimits()).cpu().numpy()
-    if arr.ndim != 2 or arr.shape[1] < min_cols or arr.shape[0] < 1:
-        raise WorkspaceError(f"{what} attachment {_describe(source)} has shape {tuple(arr.shape)}; "
-                             f"expected [N, {min_cols}+] with N >= 1")
-    if not np.isfinite(arr).all():
-        raise WorkspaceError(f"{what} attachment {_describe(source)} contains NaN or infinite values")
-    np.save(dest, arr.astype(np.float32), allow_pickle=False)
-
-
-def _write_imu(source: Any, dest: Path) -> None:
-    import numpy as np
-
-    arr = np.load(source if isinstance(source, Path) else io.BytesIO(bytes(source)), allow_pickle=False) \
-        if isinstance(source, (Path, bytes, bytearray)) else np.asarray(source)
-    if arr.ndim != 2 or not np.isfinite(arr).all():
-        raise WorkspaceError(f"IMU attachment {_describe(source)} must be a finite 2-D array, got shape "
-                             f"{tuple(arr.shape)}")
-    np.save(dest, arr.astype(np.float32), allow_pickle=False)
-
-
-def _write_text(source: Any, dest: Path) -> None:
-    if isinstance(source, Path):
-        text = source.read_text(encoding="utf-8")
-    elif isinstance(source, (bytes, bytearray)):
-        text = bytes(source).decode("utf-8")
-    else:
-        text = str(source)
-    dest.write_text(text, encoding="utf-8")
-
-
-_WRITERS = {
-    "image": _write_image,
-    "audio": _write_audio,
-    "video": _write_video,
-    "point": lambda s, d: _write_array(s, d, min_cols=3, what="point cloud"),
-    "depth": _write_sensor_image,
-    "thermal": _write_sensor_image,
-    "imu": _write_imu,
-    "text": _write_text,
-}

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from ibllm_agent.cache import store
-from ibllm_agent.cache.index import IndexKind, IndexPlan, build_index, plan_index
+from ibllm_agent.cache.index import IndexKind, IndexPlan, plan_index
+from ibllm_agent.cache.planner import DEFAULT_RECALL, RecallReport, build_planned
 from ibllm_agent.cache.sources import FeatureChunk, Source, iter_items, resolve_sources
 from ibllm_agent.errors import CacheDimensionError, CacheError, EmptyCacheError, IbllmError
 
@@ -51,6 +52,7 @@ class BuildReport:
     resumed_from: int = 0
     seconds: float = 0.0
     plan: IndexPlan | None = None
+    recall: RecallReport | None = None
 
     def summary(self) -> str:
         text = f"cached {self.rows} features from {self.items} items into {self.out_dir}"
@@ -59,6 +61,10 @@ class BuildReport:
         text += f"; skipped {self.skipped} unreadable"
         if self.plan is not None:
             text += f"; index {self.plan.kind}"
+            if self.plan.kind != "flat" and self.plan.nprobe:
+                text += f" nprobe={self.plan.nprobe} refine={self.plan.refine}"
+        if self.recall is not None:
+            text += f"; {self.recall.summary()}"
         return text + f"; {self.seconds:.1f} s"
 
 
@@ -204,6 +210,7 @@ def build_cache(
     resume: bool = True,
     progress: bool = True,
     device: Any = None,
+    recall: float | None = DEFAULT_RECALL,
 ) -> BuildReport:
     """Encode every image in ``sources`` (feature files are copied in) and save a cache at ``out_dir``.
 
@@ -211,9 +218,14 @@ def build_cache(
     there are images left to encode). ``loader``: image file/bytes → [3,224,224] tensor (default
     ``ibllm_agent.media.load``). Rows are stored L2-normalised. ``resume=False`` discards an
     unfinished build in ``out_dir``; with ``resume=True`` a build of *different* sources there is an
-    error rather than a silent restart.
+    error rather than a silent restart. ``recall``: recall@10 target the search plan is measured to
+    reach (``ibllm_agent.cache.planner``; None = the sizing rules, unmeasured).
     """
     t0 = time.perf_counter()
+    if recall is not None:
+        from ibllm_agent.cache.planner import check_target
+
+        check_target(recall)  # a bad target fails before encoding, not after
     if int(batch_size) < 1:
         raise CacheError(f"batch size must be >= 1, got {batch_size!r}")
     srcs = resolve_sources(sources)
@@ -301,9 +313,11 @@ def build_cache(
             f"items were unreadable (first: {state['skipped'][:3]})"
         )
     features = store.open_features(bdir / store.FEATURES, rows, int(dim))
-    plan = plan_index(rows, int(dim), memory_budget, index)
-    ibar = tqdm(total=rows, disable=not progress, unit="vec", desc=f"indexing ({plan.kind})", dynamic_ncols=True)
-    faiss_index = build_index(plan, features, progress=ibar.update)
+    first = plan_index(rows, int(dim), memory_budget, index)
+    ibar = tqdm(total=rows, disable=not progress, unit="vec", desc=f"indexing ({first.kind})", dynamic_ncols=True)
+    faiss_index, plan, recall_report = build_planned(
+        features, memory_budget=memory_budget, kind=index, recall=recall, progress=ibar.update
+    )
     ibar.close()
     seconds = time.perf_counter() - t0
     meta = {
@@ -316,6 +330,10 @@ def build_cache(
         "skipped": {"count": int(state["skipped_count"]), "items": state["skipped"]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if memory_budget is not None:
+        meta["memory_budget"] = int(memory_budget)
+    if recall_report is not None:
+        meta["recall"] = recall_report.to_dict()
     if any(s.kind in ("images", "tar") for s in srcs):
         # Only when images were encoded: precomputed feature files say nothing about the encoder,
         # and `cache query DIR image.jpg` must not silently encode with one that did not make them.
@@ -324,4 +342,4 @@ def build_cache(
     store.save_cache_dir(out, meta=meta, index=faiss_index, features_file=bdir / store.FEATURES,
                          ids_file=bdir / store.IDS)
     return BuildReport(out, rows, total, int(state["skipped_count"]), list(state["skipped"]), resumed_from,
-                       seconds, plan)
+                       seconds, plan, recall_report)

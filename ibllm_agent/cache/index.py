@@ -32,7 +32,12 @@ For both IVF kinds:
   read: 320 rows = 640 KiB at k = 10, D = 1024). Scores returned are therefore exact.
 
 ``memory_budget`` bounds the bytes the index keeps in RAM (codes + ids + centroids). The float16
-features are memory-mapped from disk and paged in by the OS on demand; they are not counted.
+features are memory-mapped from disk, or read into RAM when index + features fit the budget together
+(``IndexPlan.resident``, decided by the recall planner).
+
+These rules fix the index *structure*; nprobe and refine above are only the starting point: by
+default a build measures recall on held-out rows and re-plans them for a recall target
+(``ibllm_agent.cache.planner``).
 
 faiss-gpu is used when ``faiss.get_num_gpus() > 0`` (the index is cloned to GPU 0 for search; if the
 GPU implementation rejects the index, search stays on CPU).
@@ -70,6 +75,9 @@ class IndexPlan:
     pq_nbits: int = 8
     refine: int = 1
     train_size: int = 0
+    # Keep the float16 refinement store in RAM (set by the recall planner when index + features fit
+    # the memory budget; see ``ibllm_agent.cache.planner``).
+    resident: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

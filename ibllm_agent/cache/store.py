@@ -15,6 +15,7 @@ one that loads. A directory without meta.json (e.g. an interrupted build, which 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -100,8 +101,13 @@ def write_features(path: Path, features: np.ndarray, chunk: int = 65_536) -> Non
         fh.writelines(np.ascontiguousarray(features[start : start + chunk], dtype=np.float16).tobytes() for start in range(0, features.shape[0], chunk))
 
 
-def open_features(path: Path, count: int, dim: int) -> np.memmap:
-    """Memory-map features.f16 as [count, dim] float16, checking its size first."""
+def open_features(path: Path, count: int, dim: int, *, resident: bool = False) -> np.ndarray:
+    """features.f16 as [count, dim] float16, checking its size first.
+
+    ``resident``: read into RAM (the recall planner found room in the memory budget), so the exact
+    re-scoring never waits on a page fault. Otherwise a read-only memory map, with the kernel asked
+    to read the file ahead (``MADV_WILLNEED``, asynchronous) so first queries rarely hit the disk.
+    """
     expected = count * dim * 2
     try:
         size = path.stat().st_size
@@ -111,7 +117,23 @@ def open_features(path: Path, count: int, dim: int) -> np.memmap:
         raise CorruptCacheError(
             f"cache features {path} has {size} bytes, expected {expected} ({count} x {dim} float16)"
         )
-    return np.memmap(path, dtype=np.float16, mode="r", shape=(count, dim))
+    if resident:
+        return np.fromfile(path, dtype=np.float16, count=count * dim).reshape(count, dim)
+    with open(path, "rb") as fh:
+        mapping = mmap.mmap(fh.fileno(), expected, access=mmap.ACCESS_READ)
+    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+        mapping.madvise(mmap.MADV_WILLNEED)
+    return np.frombuffer(mapping, dtype=np.float16).reshape(count, dim)
+
+
+def is_mapped(features: Any) -> bool:
+    """Whether an array's memory is a file mapping (``open_features`` or ``np.memmap``) rather than RAM."""
+    base = features
+    while base is not None:
+        if isinstance(base, (np.memmap, mmap.mmap)):
+            return True
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return False
 
 
 def write_ids(path: Path, ids: Iterable[str]) -> None:
@@ -132,6 +154,19 @@ def read_ids(path: Path, count: int) -> list[str]:
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2), encoding="utf-8")
+
+
+def replace_meta(cache_dir: Path, meta: dict[str, Any]) -> None:
+    """Atomically rewrite meta.json of an existing cache (a re-planned search; the data is unchanged)."""
+    read_meta(cache_dir)  # it must be a cache already
+    tmp = Path(cache_dir) / f".{META}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_meta(tmp, meta)
+        _fsync_file(tmp)
+        os.replace(tmp, Path(cache_dir) / META)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(Path(cache_dir))
 
 
 def read_meta(cache_dir: Path) -> dict[str, Any]:

@@ -11,14 +11,8 @@ import numpy as np
 
 from ibllm_agent.cache import store
 from ibllm_agent.cache.enhance import check_settings, mix_with_neighbours
-from ibllm_agent.cache.index import (
-    IndexKind,
-    IndexPlan,
-    build_index,
-    plan_index,
-    set_nprobe,
-    to_search_device,
-)
+from ibllm_agent.cache.index import IndexKind, IndexPlan, set_nprobe, to_search_device
+from ibllm_agent.cache.planner import DEFAULT_PLAN_QUERIES, DEFAULT_RECALL, RecallReport
 from ibllm_agent.errors import CacheDimensionError, CacheError, EmptyCacheError
 
 # faiss-gpu's k-selection handles at most this many results per query (GPU_MAX_SELECTION_K).
@@ -81,12 +75,17 @@ class VisualCache:
         memory_budget: int | None = None,
         index: IndexKind | None = None,
         meta: dict[str, Any] | None = None,
+        recall: float | None = DEFAULT_RECALL,
+        plan_queries: int = DEFAULT_PLAN_QUERIES,
     ) -> VisualCache:
-        """Index an [n, D] array/tensor (kept as float16; a float16 memmap is used without a copy).
+        """Index an [n, D] array/tensor (kept as float16; a float16 memmap is used without a copy
+        unless the plan keeps the features resident).
 
         ``ids`` names each row (default: none). ``index`` forces an index kind; by default it is
-        chosen from n, D and ``memory_budget`` (bytes of RAM for the index; default 4 GiB) by the
-        rules in ``ibllm_agent.cache.index``.
+        chosen from n, D and ``memory_budget`` (bytes of RAM; default 4 GiB) by the rules in
+        ``ibllm_agent.cache.index``. ``recall``: recall@10 target the search plan is measured to
+        reach on ``plan_queries`` held-out rows (``ibllm_agent.cache.planner``); None keeps the
+        sizing rules' nprobe/refine unmeasured.
         """
         if _is_torch(features):
             features = features.detach().to("cpu").float().numpy()
@@ -105,9 +104,18 @@ class VisualCache:
             raise CacheDimensionError("cache features have dimension 0")
         if ids is not None and len(ids) != n:
             raise CacheError(f"got {len(ids)} ids for {n} features; pass one id per row")
-        plan = plan_index(n, d, memory_budget, index)
-        faiss_index = build_index(plan, features)
+        from ibllm_agent.cache.planner import build_planned
+
+        faiss_index, plan, report = build_planned(
+            features, memory_budget=memory_budget, kind=index, recall=recall, queries=plan_queries
+        )
+        if plan.resident and store.is_mapped(features):
+            features = np.array(features)  # the refinement store fits the budget: keep it in RAM
         meta = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(meta or {})}
+        if memory_budget is not None:
+            meta["memory_budget"] = int(memory_budget)
+        if report is not None:
+            meta["recall"] = report.to_dict()
         return cls(faiss_index, plan, features, ids, meta)
 
     @classmethod
@@ -116,7 +124,8 @@ class VisualCache:
         path = Path(path)
         meta = store.read_meta(path)
         count, dim = int(meta["count"]), int(meta["dim"])
-        features = store.open_features(path / store.FEATURES, count, dim)
+        resident = bool(meta["index"].get("resident")) if isinstance(meta["index"], dict) else False
+        features = store.open_features(path / store.FEATURES, count, dim, resident=resident)
         index = store.read_index(path / store.INDEX, mmap=mmap_index)
         if index.ntotal != count or index.d != dim:
             raise store.CorruptCacheError(
@@ -161,6 +170,7 @@ class VisualCache:
         resume: bool = True,
         progress: bool = True,
         device: Any = None,
+        recall: float | None = DEFAULT_RECALL,
     ) -> VisualCache:
         """Encode/collect features from ``sources`` into a cache saved at ``out_dir`` and return it.
 
@@ -171,6 +181,7 @@ class VisualCache:
         report = build_cache(
             sources, out_dir, encoder=encoder, loader=loader, batch_size=batch_size,
             memory_budget=memory_budget, index=index, resume=resume, progress=progress, device=device,
+            recall=recall,
         )
         cache = cls.load(out_dir)
         cache.report = report  # the BuildReport (rows, skipped images, time)
@@ -187,6 +198,17 @@ class VisualCache:
         # self.index is always the CPU index (a GPU clone, if any, lives in _search_index).
         store.save_cache_dir(path, meta=meta, index=self.index, features=features, ids=self.ids)
         return path
+
+    def save_plan(self) -> Path:
+        """Rewrite only the metadata (search plan, measured recall) of the cache dir this was loaded
+        from, atomically: what ``cache tune`` does after re-planning (data and index unchanged)."""
+        if self.path is None:
+            raise CacheError("this cache was not loaded from a directory; use save(path)")
+        meta = {**self.meta, "count": len(self), "dim": self.dim, "dtype": "float16", "index": self.plan.to_dict()}
+        meta.pop("format", None)
+        meta.pop("version", None)
+        store.replace_meta(self.path, meta)
+        return self.path
 
     # ---------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -206,8 +228,10 @@ class VisualCache:
             "index_params": self._index_params(),
             "index_ram_bytes": self.plan.ram_bytes() if self.plan.kind != "external" else None,
             "features_bytes": len(self) * self.dim * 2 if self.features is not None else None,
+            "refine_store": None if self.features is None else ("ram" if self.plan.resident else "mmap"),
+            "recall": self.meta.get("recall"),
         }
-        for key in ("encoder", "sources", "skipped", "created"):
+        for key in ("encoder", "sources", "skipped", "created", "memory_budget"):
             if key in self.meta:
                 out[key] = self.meta[key]
         return out
@@ -222,10 +246,40 @@ class VisualCache:
             return {"faiss": type(self.index).__name__}
         return {}
 
+    @property
+    def recall_report(self) -> RecallReport | None:
+        """What the recall planner measured when the plan was made (None: never planned)."""
+        data = self.meta.get("recall")
+        return RecallReport.from_dict(data) if isinstance(data, dict) else None
+
+    def plan_for_recall(
+        self,
+        recall: float = DEFAULT_RECALL,
+        *,
+        memory_budget: int | None = None,
+        queries: int = DEFAULT_PLAN_QUERIES,
+    ) -> RecallReport:
+        """Re-plan nprobe/refine (and refinement-store residency) of this IVF cache for ``recall``@10
+        measured on held-out rows against exact search (``ibllm_agent.cache.planner``); kept by
+        ``save``. ``memory_budget`` defaults to the one the cache was built with."""
+        from ibllm_agent.cache.planner import plan_search
+
+        if self.plan.kind not in ("ivf_pq", "ivf_sq8", "flat"):
+            raise CacheError(f"only IVF caches can be planned; this one is {self.plan.kind!r} (a foreign faiss index)")
+        budget = memory_budget if memory_budget is not None else self.meta.get("memory_budget")
+        report = plan_search(self, recall, queries=queries, memory_budget=budget)
+        if self.plan.resident and store.is_mapped(self.features):
+            self.features = np.array(self.features)  # the refinement store now fits the budget: RAM
+        if memory_budget is not None:
+            self.meta["memory_budget"] = int(memory_budget)
+        self.meta["recall"] = report.to_dict()
+        return report
+
     def tune(self, *, nprobe: int | None = None, refine: int | None = None) -> VisualCache:
-        """Trade latency for recall on an IVF cache (kept by ``save``): ``nprobe`` lists scanned,
-        ``refine``·k candidates re-scored exactly. Measured at 3 M x 1024 on hard (flat-neighbourhood)
-        data: refine 32 → recall@10 0.91 at p50 1.0 ms, refine 64 → 0.97 at 1.8 ms."""
+        """Trade latency for recall on an IVF cache by hand (kept by ``save``): ``nprobe`` lists
+        scanned, ``refine``·k candidates re-scored exactly. ``plan_for_recall`` picks them by
+        measurement instead. Measured at 3 M x 1024 on hard (flat-neighbourhood) data: refine 32 →
+        recall@10 0.91 at p50 1.0 ms, refine 64 → 0.97 at 1.8 ms."""
         from dataclasses import replace
 
         if self.plan.kind not in ("ivf_pq", "ivf_sq8"):
@@ -233,6 +287,7 @@ class VisualCache:
         for name, value in (("nprobe", nprobe), ("refine", refine)):
             if value is not None and int(value) < 1:
                 raise CacheError(f"{name} must be >= 1, got {value!r}")
+        self.meta.pop("recall", None)  # the measured recall no longer describes this plan
         self.plan = replace(
             self.plan,
             nprobe=min(int(nprobe), self.plan.nlist) if nprobe is not None else self.plan.nprobe,

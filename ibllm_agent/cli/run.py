@@ -84,6 +84,11 @@ def generation_options(max_new_tokens: int | None, temperature: float | None, to
     return {k: v for k, v in given.items() if v is not None}
 
 
+def tool_choice(tools: list[str], no_tools: bool) -> list[str] | None:
+    """``build_agent(tools=)`` from ``--tool`` / ``--no-tools``: ``[]`` = none, ``None`` = the defaults."""
+    return [] if no_tools else (list(tools) or None)
+
+
 def make_agent(
     model: str,
     memory: str | None,
@@ -109,10 +114,9 @@ def make_agent(
     check_settings(settings, model)
     from ibllm_agent.agent import build_agent
 
-    tool_spec: Any = [] if no_tools else (list(tools) or None)
     return build_agent(
         model,  # a name of ibllm_agent.load_model ('demo', 'tiny'), a folder or scripted:FILE
-        tools=tool_spec,
+        tools=tool_choice(tools, no_tools),
         memory=settings.memory_url,
         workspace=settings.workspace_dir,
         max_steps=max_steps,

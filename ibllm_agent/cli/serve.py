@@ -21,6 +21,7 @@ from ibllm_agent.cli.run import (
     NO_TOOLS_OPT,
     TOOL_OPT,
     WORKSPACE_OPT,
+    tool_choice,
 )
 
 
@@ -31,23 +32,14 @@ def load_generator(spec: str, device: str | None = None, cache: Path | None = No
     replaying a JSON list of outputs (testing aid); ``demo`` or a folder → the saved model (all through
     ``ibllm_agent.load_model``).
     """
-    import json
-
     from ibllm_agent.config import get_settings
     from ibllm_agent.errors import ConfigError
 
     settings = get_settings(device=device, visual_cache=cache)
     if spec.startswith("scripted:"):
-        from ibllm_agent.testing import ScriptedGenerator
+        from ibllm_agent.testing import load_scripted
 
-        path = Path(spec[len("scripted:"):]).expanduser()
-        try:
-            outputs = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read scripted model file {path}: {exc}") from None
-        if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-            raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-        return ScriptedGenerator(outputs), "scripted"
+        return load_scripted(spec), "scripted"
     from ibllm_agent.loading import available_models, load_model
 
     if spec not in available_models() and not Path(spec).expanduser().is_dir():
@@ -109,7 +101,7 @@ def register(app: typer.Typer) -> None:
             max_concurrent=max_concurrent, max_new_tokens=max_new_tokens,
             remote=RemotePolicy(allow_private_network=allow_private_network),
             memory_url=settings.memory_url, workspace_dir=settings.workspace_dir,
-            agent_tools=[] if no_tools else (list(tool) or None), agent_workers=agent_workers, max_steps=max_steps,
+            agent_tools=tool_choice(tool, no_tools), agent_workers=agent_workers, max_steps=max_steps,
         )
         typer.echo(f"serving {config.model_id!r} on http://{host}:{port} (auth: {'on' if keys else 'off'})", err=True)
         app = create_app(generator, config)

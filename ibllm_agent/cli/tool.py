@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         settings = get_settings(device=device)
         generator = None
         if "generator" in TOOL_REQUIREMENTS.get(name, ()) and model is not None:
-            from ibllm_agent.agent.runtime import load_chat_model
+            from ibllm_agent.agent.chat_loading import load_chat_model
 
             generator = load_chat_model(model, device=device).model  # names, folders: ibllm_agent.load_model
         options = ToolOptions(steps=steps, seed=seed)

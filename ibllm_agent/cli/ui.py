@@ -21,6 +21,7 @@ from ibllm_agent.cli.run import (
     NO_TOOLS_OPT,
     TOOL_OPT,
     WORKSPACE_OPT,
+    tool_choice,
 )
 
 
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
         generator, _ = load_generator(model, device, cache)
         settings = get_settings(workspace_dir=workspace, memory_url=memory, device=device)
-        agent = build_agent(ChatImageBindLLM(model=generator), tools=[] if no_tools else (list(tool) or None),
+        agent = build_agent(ChatImageBindLLM(model=generator), tools=tool_choice(tool, no_tools),
                             memory=settings.memory_url, workspace=settings.workspace_dir, max_steps=max_steps,
                             device=settings.device, middleware=[TurnSettingsMiddleware()])
         with agent:

@@ -108,29 +108,13 @@ def load_generator(spec: str) -> Any:
     saved model folder (the same forms ``ibllm-agent run`` takes); models load with
     ``ibllm_agent.load_model``."""
     if spec.startswith("scripted:"):
-        from ibllm_agent.testing import ScriptedGenerator
+        from ibllm_agent.testing import load_scripted
 
-        path = Path(spec[len("scripted:"):]).expanduser()
-        outputs = _read_list_of_str(path)
-        return ScriptedGenerator(outputs)
+        return load_scripted(spec)
     from ibllm_agent.loading import load_model
 
     # Names (tiny, demo) and folders, device/dtype by the Settings rules (IBLLM_DEVICE / IBLLM_DTYPE).
     return load_model(spec)
-
-
-def _read_list_of_str(path: Path) -> list[str]:
-    from ibllm_agent.errors import ConfigError
-
-    try:
-        outputs = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"scripted model file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"scripted model file {path} is not valid JSON: {exc}") from None
-    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-        raise ConfigError(f"scripted model file {path} must hold a JSON list of strings")
-    return outputs
 
 
 def _batched(generator: Any) -> bool:

@@ -176,11 +176,31 @@ def load_batch(sources: Sequence[Any], modality: str | None = None, *, limits: M
     items = list(sources)
     if not items:
         raise EmptyMediaError("<empty batch>", "no sources given", modality)
-    tensors, modalities = [], set()
+    modalities: list[str] = []
     for src in items:
         m = modality or infer_modality(src)
-        modalities.add(m)
-        if len(modalities) > 1:
-            raise UnknownFormatError(describe(src), f"mixed modalities in one batch: {sorted(modalities)}", m)
-        tensors.append(load(src, m, limits=limits))
+        if modalities and m != modalities[0]:
+            raise UnknownFormatError(describe(src), f"mixed modalities in one batch: {sorted({modalities[0], m})}", m)
+        modalities.append(m)
+    if modalities[0] == "image" and len(items) > 1:
+        # Pillow releases the GIL while decoding and resampling: images load in parallel (same
+        # tensors, same order; the first failing item's error is raised, as in the loop below).
+        tensors = list(_image_pool().map(lambda src: load(src, "image", limits=limits), items))
+    else:
+        tensors = [load(src, m, limits=limits) for src, m in zip(items, modalities)]
     return torch.stack(tensors, dim=0)
+
+
+_POOL = None
+
+
+def _image_pool():
+    """One shared thread pool (a worker per core) for batch image decoding."""
+    global _POOL
+    if _POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _POOL = ThreadPoolExecutor(max_workers=max(1, cores), thread_name_prefix="ibllm-image")
+    return _POOL

@@ -14,23 +14,24 @@ one prefill pass over the prompt, then one token per step.
 - Batches are LEFT padded; the attention mask hides the pads and position ids come from the mask,
   so every row sees the positions it would see alone (batch results equal single results).
 - Each row stops on EOS, on a stop string (searched in decoded text), or at ``max_new_tokens``.
-- Prefix reuse: for B = 1 and a ``context_key``, the cache of the last call(s) with that key is kept;
-  a new prompt sharing a token prefix with it crops the cache to the longest common prefix and
-  prefills only the rest (an agent's next step re-encodes only the new observation).
-  The key must identify everything besides the tokens that shaped the cache (e.g. the media the
-  model was conditioned on): different keys never share a cache, ``None`` never reuses.
+- Prefix reuse: for B = 1 and a ``context_key``, the KV cache of each call is kept
+  (``prefix_cache.PrefixCache``: several entries, LRU under a byte budget); a new prompt with the
+  same key reuses the longest common token prefix of any entry and prefills only the rest (an
+  agent's next step re-encodes only the new observation; a thread's next turn only what follows the
+  shared system prompt / history). The key must identify everything besides the tokens that shaped
+  the cache (e.g. the media the model was conditioned on, the weights): different keys never share
+  a cache, ``None`` never reuses.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ibllm_agent.errors import ConfigError, ContextLengthError, PromptError, TokenizerError
 from ibllm_agent.model.detokenizer import Detokenizer
+from ibllm_agent.model.prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
 from ibllm_agent.model.sampling import build_sampler, validate_sampling
 from ibllm_agent.model.tokenizer import Tokenizer
 from ibllm_agent.types import Generation, Sampling
@@ -83,12 +84,6 @@ class GenerationStats:
 
     def reset(self) -> None:
         self.calls = self.prefill_tokens_computed = self.prefill_tokens_reused = self.decode_tokens = 0
-
-
-@dataclass
-class _CachedPrefix:
-    tokens: list[int]  # the ids whose keys/values ``past`` holds, in order
-    past: Any
 
 
 class TextStream(Iterator[str]):
@@ -159,35 +154,18 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     return step
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _crop(past: Any, keep: int) -> bool:
-    """Crop a transformers cache to its first ``keep`` positions; False if it cannot be cropped."""
-    if not getattr(past, "is_croppable", True) or not hasattr(past, "crop"):
-        return False
-    drop = past.get_seq_length() - keep
-    if drop > 0:
-        past.crop(-drop)  # transformers >= 5: a negative count removes that many trailing tokens
-    return past.get_seq_length() == keep
-
-
 class Generator:
     """Decode with a causal LM ``step`` (see module docstring) and a ``Tokenizer``.
 
     context_length: prompt + ``max_new_tokens`` must fit; otherwise ``truncate="error"`` raises
     ``ContextLengthError`` and ``"left"`` drops the oldest prompt tokens (BOS kept).
     device: where input ids/masks are created (the model's device); default CPU.
-    prefix_cache: keep the KV cache of the last ``max_cached_prefixes`` calls (B = 1 with a
-    ``context_key``) and reuse their longest common token prefix.
+    prefix_cache: keep the KV caches of calls with a ``context_key`` (B = 1), at most
+    ``max_cached_prefixes`` of them and ``max_prefix_bytes`` of key/value tensors (least recently
+    used dropped first), and reuse their longest common token prefix.
 
     Concurrent calls on one engine are safe: a call takes its cached prefix out of the shared cache
-    atomically and puts it back under a lock, so no two calls ever extend the same KV cache.
+    (or a copy of it) under a lock and puts its own back, so no two calls ever extend the same KV.
     """
 
     def __init__(
@@ -199,7 +177,8 @@ class Generator:
         device: torch.device | str | None = None,
         truncate: Literal["error", "left"] = "error",
         prefix_cache: bool = True,
-        max_cached_prefixes: int = 2,
+        max_cached_prefixes: int = 16,
+        max_prefix_bytes: int = DEFAULT_MAX_BYTES,
     ):
         import torch
 
@@ -209,6 +188,8 @@ class Generator:
             raise ConfigError(f"context_length must be an int >= 2, got {context_length!r}")
         if max_cached_prefixes < 1:
             raise ConfigError(f"max_cached_prefixes must be >= 1, got {max_cached_prefixes!r}")
+        if max_prefix_bytes < 0:
+            raise ConfigError(f"max_prefix_bytes must be >= 0, got {max_prefix_bytes!r}")
         self.step = step
         self.tokenizer = tokenizer
         self.context_length = context_length
@@ -217,8 +198,7 @@ class Generator:
         self.prefix_cache = prefix_cache
         self.max_cached_prefixes = max_cached_prefixes
         self.stats = GenerationStats()
-        self._cache: OrderedDict[Hashable, _CachedPrefix] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = PrefixCache(max_prefix_bytes, max_cached_prefixes)
         vocab = int(tokenizer.vocab_size)
         # Id fed where a row has no real token (left pads, finished rows). LLaMA's pad is -1, which
         # must never index the embedding table, so fall back to EOS; the mask hides these anyway.
@@ -296,15 +276,6 @@ class Generator:
             raise PromptError("stream_batch expects a non-empty list of prompts, each a list of token ids")
         return BatchStream(self._run(self._prepare(prompts, sampling), None, step or self.step))
 
-    def __getstate__(self) -> dict:  # copy.deepcopy / pickle: a lock cannot be copied, make a new one
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     def clear_cache(self) -> None:
         """Drop every cached prefix (e.g. after the model's weights changed)."""
         self._cache.clear()
@@ -358,17 +329,12 @@ class Generator:
         detoks = [Detokenizer(self.tokenizer, sampling.stop) for _ in range(B)]
         finish: list[FinishReason | None] = [None] * B
 
-        # --- prefix reuse (B = 1): take the cached entry out; it is put back only if consistent.
+        # --- prefix reuse (B = 1): the best cached entry's KV (taken out, or a copy of its prefix,
+        # so no two calls extend the same cache); ours is put back only if consistent.
         past, reused = None, 0
         use_cache = self.prefix_cache and context_key is not None and B == 1
-        # One atomic pop: two threads sharing a model never take (and mutate) the same cached KV.
-        entry = self._cache.pop(context_key, None) if use_cache else None
-        if entry is not None:
-            # Keep >= 1 prompt token to prefill: its logits pick the first new token.
-            keep = min(_common_prefix(entry.tokens, prompts[0]), len(prompts[0]) - 1)
-            with torch.inference_mode():
-                if keep > 0 and _crop(entry.past, keep):
-                    past, reused = entry.past, keep
+        if use_cache:
+            past, reused = self._cache.take(context_key, prompts[0])
 
         # --- prefill: left-pad to [B, T]; position ids count only real tokens.
         lengths = [len(p) - reused for p in prompts]
@@ -429,7 +395,7 @@ class Generator:
                 self.stats.decode_tokens += sum(f is None for f in finish)
         finally:
             if use_cache and consistent and past is not None:
-                self._remember(context_key, fed, past)
+                self._cache.put(context_key, fed, past)
 
         return [
             Result(
@@ -454,13 +420,6 @@ class Generator:
             )
         # A model may pad its vocabulary (e.g. 32000 → 32128); ids past the tokenizer never win.
         return logits[:, -1, :vocab].float()
-
-    def _remember(self, key: Hashable, tokens: list[int], past: Any) -> None:
-        with self._lock:  # concurrent callers on one engine (a shared model in a server) must not interleave
-            self._cache[key] = _CachedPrefix(tokens, past)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.max_cached_prefixes:
-                self._cache.popitem(last=False)
 
 
 @dataclass
