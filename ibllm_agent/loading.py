@@ -1,14 +1,16 @@
 """One place that loads models: ``load_model(name_or_dir, device, dtype)`` → ``MultimodalLLM``.
 
     import ibllm_agent
-    model = ibllm_agent.load_model("demo")                 # <weights_dir>/demo (a converted model)
+    model = ibllm_agent.load_model("demo")                 # the demo model shipped in the package
+    model = ibllm_agent.load_model("official")             # <weights_dir>/official (the converted 7B)
     model = ibllm_agent.load_model("tiny", dtype="bf16")   # random tiny preset (tests, smoke runs)
     model = ibllm_agent.load_model("path/to/folder", device="cuda:1", cache_dir="cache/")
     model.generate("### Instruction: ...", [Media("image", "cat.jpg")]).text
     model.release()
 
 Names (``available_models()``; ``_MODELS`` below, add entries there): a preset with random weights,
-or a converted folder under the weights dir. Anything else is a model folder (``save_pretrained`` /
+a converted folder under the weights dir, or the demo model shipped in the package
+(``ibllm_agent.shipped``). ``auto`` is ``official`` when it is installed, else ``demo``. Anything else is a model folder (``save_pretrained`` /
 ``ibllm-agent convert`` output); a ``pathlib.Path`` is always a folder.
 
 Device and dtype follow the Settings rules (``ibllm_agent.config``): argument > ``IBLLM_DEVICE`` /
@@ -41,19 +43,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named model: a ``preset`` built with random weights, or a ``folder`` under the weights dir."""
+    """A named model: a ``preset`` built with random weights, a ``folder`` under the weights dir, or
+    the ``shipped`` demo model (package data)."""
 
     description: str
     preset: str | None = None
     folder: str | None = None
     install: str = ""  # how to get a folder model that is missing
+    shipped: bool = False
 
 
 _MODELS: dict[str, ModelSpec] = {
     "tiny": ModelSpec("random tiny ImageBind-LLM (2 layers, 64 wide; tests and smoke runs)", preset="tiny"),
     "demo": ModelSpec(
+        "the small demo ImageBind-LLM trained by this project's pipeline (shipped in the package)",
+        install="rebuild it with `python -m ibllm_agent.training.demo {path}`", shipped=True,
+    ),
+    "official": ModelSpec(
         "the converted official ImageBind-LLM 7B",
-        folder="demo",
+        folder="official",
         install="fetch and convert it with `ibllm-agent pull imagebind-llm-7b` (LLaMA-7B must be placed by hand "
         "first; the command says where)",
     ),
@@ -62,7 +70,15 @@ _MODELS: dict[str, ModelSpec] = {
 
 def available_models() -> list[str]:
     """Names ``load_model`` knows besides model folders."""
-    return list(_MODELS)
+    return [*_MODELS, "auto"]
+
+
+def _auto() -> str:
+    """``auto``: the converted official model when installed, else the shipped demo model."""
+    from ibllm_agent.config import get_settings
+
+    official = Path(get_settings().weights_dir) / str(_MODELS["official"].folder)
+    return "official" if (official / "config.json").is_file() else "demo"
 
 
 def resolve_placement(
@@ -102,6 +118,8 @@ def _name_of(name_or_dir: str | Path) -> tuple[str, ModelSpec | None, Path | Non
         return name_or_dir.name, None, name_or_dir.expanduser()
     if not isinstance(name_or_dir, str) or not name_or_dir:
         raise ConfigError(f"model must be a name {available_models()} or a model folder, got {name_or_dir!r}")
+    if name_or_dir == "auto":
+        name_or_dir = _auto()
     spec = _MODELS.get(name_or_dir)
     if spec is not None:
         return name_or_dir, spec, None
@@ -112,9 +130,11 @@ def _name_of(name_or_dir: str | Path) -> tuple[str, ModelSpec | None, Path | Non
 def check_model_name(name: str) -> None:
     """Cheap check of a model spec before anything loads: a named folder model must be installed, any
     other non-name must be an existing folder (raises ``ConfigError`` naming how to get it)."""
+    if name == "auto":
+        name = _auto()
     spec = _MODELS.get(name)
     if spec is not None:
-        if spec.folder is not None:
+        if spec.folder is not None or spec.shipped:
             _folder_of(spec, name)
         return
     if not Path(name).expanduser().is_dir():
@@ -126,6 +146,10 @@ def check_model_name(name: str) -> None:
 def _folder_of(spec: ModelSpec, name: str) -> Path:
     from ibllm_agent.config import get_settings
 
+    if spec.shipped:
+        from ibllm_agent.shipped import demo_model_dir
+
+        return demo_model_dir()  # CheckpointError naming the missing file and the rebuild command
     path = Path(get_settings().weights_dir) / str(spec.folder)
     if not (path / "config.json").is_file():
         hint = spec.install.format(path=path)
@@ -156,7 +180,7 @@ def load_model(
     name, spec, folder = _name_of(name_or_dir)
     dev, dt = resolve_placement(device, dtype, settings)  # before any file is read
     overrides = dict(overrides or {})
-    if spec is not None and spec.folder is not None:
+    if spec is not None and (spec.folder is not None or spec.shipped):
         folder = _folder_of(spec, name)
     if folder is not None and overrides:
         raise ConfigError(

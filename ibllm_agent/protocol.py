@@ -104,9 +104,40 @@ def tool_spec(tool: ToolSpec | Mapping[str, Any]) -> ToolSpec:
     return ToolSpec(name=name, description=fn.get("description") or "", parameters=fn.get("parameters") or {})
 
 
+_COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false", "array": "a JSON list",
+               "object": "a JSON object"}
+
+
+def input_sentence(tool: ToolSpec) -> str:
+    """GPT4Tools' own way of stating a tool's inputs, for tools whose description does not (LangChain
+    tools usually describe only what they do): ``The input to this tool should be a string,
+    representing the city`` / ``… a comma separated string of two, representing the setup, the
+    punchline``. Empty for tools without parameters or whose description already says it."""
+    props = (tool.parameters or {}).get("properties", {}) or {}
+    if not props or "The input to this tool" in tool.description:
+        return ""
+    if len(props) == 1:
+        (name, schema), = props.items()
+        kind = schema.get("type") if isinstance(schema, Mapping) else None
+        kind_text = _TYPE_WORDS.get(kind, "a string") if isinstance(kind, str) else "a string"
+        return f"The input to this tool should be {kind_text}, representing the {name}"
+    count = _COUNT_WORDS[len(props)] if len(props) < len(_COUNT_WORDS) else str(len(props))
+    names = ", ".join(f"the {n}" for n in props)
+    return f"The input to this tool should be a comma separated string of {count}, representing {names}"
+
+
+def render_tool_line(tool: ToolSpec) -> str:
+    """``> {name}: {description}`` (+ `` {input_sentence}`` when the description lacks it)."""
+    extra = input_sentence(tool)
+    desc = tool.description.strip() if extra else tool.description
+    text = f"{desc} {extra}" if desc and extra else (desc or extra)
+    return f"> {tool.name}: {text}"
+
+
 def render_tool_lines(tools: Sequence[ToolSpec]) -> str:
-    """``> {name}: {description}`` lines joined by newlines (the legacy agent's tool block)."""
-    return "\n".join(f"> {t.name}: {t.description}" for t in tools)
+    """The tool lines (``render_tool_line``) joined by newlines (the legacy agent's tool block)."""
+    return "\n".join(render_tool_line(t) for t in tools)
 
 
 def render_tool_names(tools: Sequence[ToolSpec]) -> str:

@@ -18,8 +18,15 @@ from ibllm_agent.testing import ScriptedGenerator
 
 YES = "Thought: Do I need to use a tool? Yes"
 NO = "Thought: Do I need to use a tool? No"
-CAPTION_DESC = "useful when you want to know what is inside the photo. receives image_path as input."
-VQA_DESC = "useful when you need an answer for a question based on an image."
+# Worded like GPT4Tools' own descriptions (which state their inputs, so the tool lines are verbatim).
+CAPTION_DESC = (
+    "useful when you want to know what is inside the photo. receives image_path as input. The input to "
+    "this tool should be a string, representing the image_path."
+)
+VQA_DESC = (
+    "useful when you need an answer for a question based on an image. The input to this tool should be "
+    "a comma separated string of two, representing the image_path and the question"
+)
 
 
 @tool("Get Photo Description", description=CAPTION_DESC)

@@ -23,7 +23,6 @@ from ibllm_agent.cli import _register_all, app
 from ibllm_agent.weights import WeightFile, WeightSpec
 
 ALL_COMMANDS = ["chat", "run", "tool", "serve", "ui", "train", "cache", "convert", "eval", "demo", "download", "info"]
-PLANNED = ["demo"]
 BIN = Path(sys.executable).parent
 
 
@@ -52,7 +51,7 @@ def test_help_lists_all_subcommands(cli):
         assert f" {name} " in result.output
 
 
-@pytest.mark.parametrize("name", ["download", "info", *PLANNED])
+@pytest.mark.parametrize("name", ["download", "info", "demo"])
 def test_subcommand_help(cli, name):
     result = _invoke(cli, name, "--help")
     assert result.exit_code == 0, result.output
@@ -62,19 +61,8 @@ def test_subcommand_help(cli, name):
         assert "whisper_tiny" in result.output  # the epilog lists the names
     if name == "info":
         assert "--weights-dir" in result.output and "--json" in result.output
-    if name in PLANNED:
-        assert "Not available in this release yet. Planned:" in result.output
-
-
-@pytest.mark.parametrize("name", PLANNED)
-def test_planned_commands_exit_2_with_one_line(cli, name):
-    for args in ([name], [name, "--port", "8000", "extra"]):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 2
-        lines = [line for line in result.output.splitlines() if line.strip()]
-        assert (
-            lines == [lines[0]] and f"`ibllm-agent {name}` is not available in this release yet" in lines[0]
-        )
+    if name == "demo":
+        assert "--model" in result.output and "--workspace" in result.output
 
 
 def test_info_json_with_empty_weights_dir(cli, tmp_path, monkeypatch):
@@ -237,7 +225,7 @@ def test_installed_console_script_help(tmp_path):
         [str(exe), "--help"], capture_output=True, text=True, env=_env(tmp_path), timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    for name in ["download", "info", *PLANNED]:
+    for name in ["download", "info", "demo"]:
         assert name in proc.stdout
 
 

@@ -131,7 +131,7 @@ def test_run_json_unknown_tool_gets_an_error_observation_not_an_empty_answer(tmp
     "args,message",
     [
         (["--model", "scripted:/no/such.json"], "error: scripted model file not found: /no/such.json"),
-        (["--model", "demo"], "error: the demo model is not installed"),
+        (["--model", "official"], "error: the official model is not installed"),
         (["--model", "tiny", "--memory", "redis://x"], "error: unsupported memory URL 'redis://x'"),
     ],
 )

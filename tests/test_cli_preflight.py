@@ -145,14 +145,16 @@ def test_info_lists_models_and_the_cache_setting(tmp_path):
 
     settings = get_settings(weights_dir=tmp_path / "w", visual_cache=tmp_path / "cache")
     data = collect(settings)
-    demo = data["models"][0]
-    assert demo["name"] == "demo" and not demo["present"] and "pull imagebind-llm-7b" in demo["use"]
+    official = data["models"][0]
+    assert official["name"] == "official" and not official["present"]
+    assert "pull imagebind-llm-7b" in official["use"]
+    assert data["models"][1]["name"] == "demo"  # the shipped model's row
     assert data["settings"]["visual_cache"] == str(tmp_path / "cache")
     mine = tmp_path / "w" / "mine"
     mine.mkdir(parents=True)
     (mine / "config.json").write_text("{}")
     (mine / "adapter.safetensors").write_bytes(b"")
-    (tmp_path / "w" / "demo").mkdir()
-    (tmp_path / "w" / "demo" / "config.json").write_text("{}")
+    (tmp_path / "w" / "official").mkdir()
+    (tmp_path / "w" / "official" / "config.json").write_text("{}")
     names = {m["name"]: m for m in collect(settings)["models"]}
-    assert names["demo"]["present"] and names["mine"]["use"] == f"--model {mine}" and "tiny" in names
+    assert names["official"]["present"] and names["mine"]["use"] == f"--model {mine}" and "tiny" in names

@@ -516,7 +516,7 @@ def test_full_training_checkpoint_converts_like_the_release(sources, converted, 
 
 def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     """--from-registry reads <weights_dir>/imagebind_llm/7B.pth and <weights_dir>/llama/7B_chinese (or the
-    --llama-type given), writes <weights_dir>/demo."""
+    --llama-type given), writes <weights_dir>/official."""
     import shutil
 
     weights = tmp_path / "weights"
@@ -531,7 +531,7 @@ def test_cli_from_registry_uses_the_weights_dir(sources, tmp_path, monkeypatch):
     assert res.exit_code != 0 and "pull imagebind-llm-7b" in str(res.exception)
     res = _cli_in_process("--from-registry", "--llama-type", "7B", "--encoder", "tiny_w3d")
     assert res.exit_code == 0, res.output
-    model = ImageBindLLM.from_pretrained(weights / "demo", device="cpu")
+    model = ImageBindLLM.from_pretrained(weights / "official", device="cpu")
     assert model.config.lora_rank == RANK
 
 

@@ -113,24 +113,26 @@ def test_chat_model_takes_settings_spellings():
     assert isinstance(chat.invoke("hi").content, str)
 
 
-def test_names_folders_and_demo(tmp_path, monkeypatch):
-    assert {"tiny", "demo"} <= set(loading.available_models()) and ibllm_agent.load_model is load_model
-    with pytest.raises(ConfigError, match="the demo model is not installed: expected a model folder at"):
-        load_model("demo", device="cpu")
+def test_names_folders_and_official(tmp_path, monkeypatch):
+    assert {"tiny", "demo", "official", "auto"} <= set(loading.available_models())
+    assert ibllm_agent.load_model is load_model
+    with pytest.raises(ConfigError, match="the official model is not installed: expected a model folder at"):
+        load_model("official", device="cpu")
     with pytest.raises(ConfigError, match="neither a known name"):
         load_model(str(tmp_path / "nope"), device="cpu")
     original = MultimodalLLM.from_llm(ImageBindLLM.from_preset("tiny", seed=4))
     weights = tmp_path / "weights"
     monkeypatch.setenv("IBLLM_WEIGHTS_DIR", str(weights))
-    original.save_pretrained(weights / "demo")
-    demo = load_model("demo", device="cpu", dtype="fp32")
-    assert demo.name == "demo" and demo.llm.checkpoint_dir == weights / "demo"
+    original.save_pretrained(weights / "official")
+    demo = load_model("official", device="cpu", dtype="fp32")
+    assert demo.name == "official" and demo.llm.checkpoint_dir == weights / "official"
+    assert load_model("auto", device="cpu", dtype="fp32").llm.checkpoint_dir == weights / "official"
     prompt, media = "Describe it.", [Media("image", IMG)]
     want = original.generate(prompt, media, temperature=0, max_new_tokens=5).extras["token_ids"]
     assert demo.generate(prompt, media, temperature=0, max_new_tokens=5).extras["token_ids"] == want
-    assert load_model(weights / "demo", device="cpu").llm.checkpoint_dir == weights / "demo"  # a Path: a folder
+    assert load_model(weights / "official", device="cpu").llm.checkpoint_dir == weights / "official"  # a Path: a folder
     with pytest.raises(ConfigError, match="only apply to presets"):
-        load_model(weights / "demo", device="cpu", overrides={"context_length": 64})
+        load_model(weights / "official", device="cpu", overrides={"context_length": 64})
     assert load_model("tiny", device="cpu", overrides={"context_length": 64}).context_length == 64
 
 
@@ -192,5 +194,5 @@ def test_agent_accepts_model_names_and_a_bare_llm(tmp_path):
     bare = ImageBindLLM.from_preset("tiny", seed=2)
     wrapped = load_chat_model(bare)
     assert isinstance(wrapped.model, MultimodalLLM) and wrapped.model.llm is bare
-    with pytest.raises(ConfigError, match=r"\['tiny', 'demo'\]"):
+    with pytest.raises(ConfigError, match=r"\['tiny', 'demo', 'official', 'auto'\]"):
         load_chat_model(str(tmp_path / "missing"))

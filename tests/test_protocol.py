@@ -69,7 +69,8 @@ REPLACE = P.ToolSpec(
 )
 GENERATE = P.ToolSpec(
     "Generate Image From User Input Text",
-    "useful when you want to generate an image from a user input text and save it to a file.",
+    "useful when you want to generate an image from a user input text and save it to a file. The input to "
+    "this tool should be a string, representing the text used to generate image.",
     {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
 )
 
@@ -378,3 +379,21 @@ def test_action_before_ai_wins_over_an_imagined_answer():
     # an answer first, then a stray action: the answer wins (legacy: text after the last "AI:")
     step = P.parse_step("Thought: Do I need to use a tool? No\nAI: done\nAction: X\nAction Input: y")
     assert (step.kind, step.answer) == ("final", "done\nAction: X\nAction Input: y")
+
+
+# -- tools whose description does not state their inputs (LangChain tools) ---------------------------------
+def test_tool_line_states_inputs_the_description_omits():
+    one_int = P.ToolSpec("double_it", "Double a number.", {"type": "object", "properties": {"n": {"type": "integer"}}})
+    assert P.render_tool_line(one_int) == (
+        "> double_it: Double a number. The input to this tool should be an integer, representing the n"
+    )
+    two = P.ToolSpec("Riddle", "Riddle to tell.", {"type": "object", "properties": {"q": {"type": "string"}, "a": {}}})
+    assert P.render_tool_line(two) == (
+        "> Riddle: Riddle to tell. The input to this tool should be a comma separated string of two, "
+        "representing the q, the a"
+    )
+    # Described already (GPT4Tools' own tools), no parameters, or no description: nothing added/only it.
+    assert P.render_tool_line(GENERATE) == f"> {GENERATE.name}: {GENERATE.description}"
+    assert P.render_tool_line(P.ToolSpec("ping", "Ping.", {})) == "> ping: Ping."
+    bare = P.ToolSpec("flag", "", {"type": "object", "properties": {"on": {"type": "boolean"}}})
+    assert P.render_tool_line(bare) == "> flag: The input to this tool should be true or false, representing the on"

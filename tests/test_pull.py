@@ -62,7 +62,7 @@ def test_pull_merges_the_delta_converts_and_is_idempotent(weights):
     root, fetched = weights
     _place_llama_and_adapter(root)
     out = pull_cli.pull("imagebind-llm-7b", encoder="tiny_w3d", encoder_weights=None, say=lambda m: None)
-    assert out == root / "demo" and fetched == ["imagebind_llm_7b", "imagebind_w3d", "open_chinese_llama_7b_delta"]
+    assert out == root / "official" and fetched == ["imagebind_llm_7b", "imagebind_w3d", "open_chinese_llama_7b_delta"]
     merged = torch.load(root / "llama" / "7B_chinese" / "consolidated.00.pth", weights_only=True)
     for k, d in DELTA.items():
         assert torch.equal(merged[k], (META[k].float() + d.float()).half())

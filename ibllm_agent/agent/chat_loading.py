@@ -24,7 +24,8 @@ def load_chat_model(
       ``ibllm_agent.load_model``, ``ScriptedGenerator``) → wrapped in ``ChatImageBindLLM``; a bare
       ``ImageBindLLM`` gets the media stage its config names first (``MultimodalLLM.from_llm``);
     - a name of ``ibllm_agent.load_model`` (``"tiny"``: the random tiny preset for tests and smoke
-      runs; ``"demo"``: the converted official model in ``<weights_dir>/demo``);
+      runs; ``"demo"``: the demo model shipped in the package; ``"official"``: the converted official model in
+      ``<weights_dir>/official``; ``"auto"``: official when converted, else demo);
     - ``"scripted:PATH.json"`` → a ``ScriptedGenerator`` replaying a JSON list of outputs (a testing
       aid: drive the CLI without weights);
     - any other string → a saved model folder (``ChatImageBindLLM(model_dir=...)``).

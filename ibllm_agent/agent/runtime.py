@@ -486,7 +486,7 @@ def build_agent(
 
     Args:
         model: a chat model (e.g. ``ChatImageBindLLM``), a ``TextGenerator``, a model name
-            (``"tiny"``, ``"demo"``), ``"scripted:PATH.json"`` or a saved model folder (see
+            (``"tiny"``, ``"demo"``, ``"official"``, ``"auto"``), ``"scripted:PATH.json"`` or a saved model folder (see
             ``load_chat_model``).
         tools: tools, functions or registered names; ``None`` = every tool in the default registry
             (tools of installed packages, entry-point group ``ibllm_agent.tools``) plus the built-in

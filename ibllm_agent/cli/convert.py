@@ -15,8 +15,8 @@ EPILOG = (
     "--llama-type 7B --out ckpt/ibllm-7b  |  "
     "ibllm-agent convert --hf-base llama-2-7b-hf --out ckpt/fresh  (new bind network, for pre-training)  |  "
     "ibllm-agent convert --to-official ckpt/ibllm-7b --out release/  |  "
-    "ibllm-agent convert --from-registry  (downloaded 7B.pth + Open-Chinese-LLaMA-7B -> <weights_dir>/demo, used by "
-    "--model demo; `ibllm-agent pull imagebind-llm-7b` does all steps)"
+    "ibllm-agent convert --from-registry  (downloaded 7B.pth + Open-Chinese-LLaMA-7B -> <weights_dir>/official, used by "
+    "--model official; `ibllm-agent pull imagebind-llm-7b` does all steps)"
 )
 
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @app.command(name="convert", epilog=EPILOG)
     def convert_command(
         out: Annotated[Path | None, typer.Option(
-            "--out", help="Output folder (with --from-registry: default <weights_dir>/demo).", show_default=False)] = None,
+            "--out", help="Output folder (with --from-registry: default <weights_dir>/official).", show_default=False)] = None,
         from_registry: Annotated[bool, typer.Option(
             "--from-registry", help="Take the official 7B adapter and LLaMA-7B from the weights dir (ibllm-agent "
                                     "download imagebind_llm_7b llama_7b; base llama/7B_chinese, see `ibllm-agent pull`); --official/--llama-dir override.")] = False,
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
                         "`ibllm-agent pull imagebind-llm-7b` downloads the delta, merges it and converts; or pass "
                         "--llama-type 7B for plain LLaMA-7B (as the reference demos load)"
                     )
-            out = out or Path(get_settings().weights_dir) / "demo"
+            out = out or Path(get_settings().weights_dir) / "official"
         if out is None:
             raise ConfigError("--out is required (the output folder)")
         if out.exists() and not out.is_dir():

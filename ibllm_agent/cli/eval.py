@@ -19,7 +19,7 @@ import typer
 from ibllm_agent.errors import ConfigError, IbllmError
 
 _MODEL_HELP = (
-    "Run this model first: a saved model folder, 'demo', 'tiny' (random tiny model) or "
+    "Run this model first: a saved model folder, 'demo', 'official', 'auto', 'tiny' (random tiny model) or "
     "'scripted:FILE.json' (replays a JSON list of outputs; testing aid)."
 )
 

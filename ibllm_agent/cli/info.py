@@ -78,16 +78,21 @@ def _tools(settings: Any) -> list[dict[str, Any]]:
 
 
 def _models(settings: Any) -> list[dict[str, Any]]:
-    """Model folders ``--model`` can load: ``demo`` (present or not), other converted folders in the
-    weights dir, and the random ``tiny`` preset."""
+    """Models ``--model`` can load: ``official`` (present or not), ``demo`` (shipped in the package),
+    other converted folders in the weights dir, and the random ``tiny`` preset."""
+    from ibllm_agent.shipped import DEMO_DIR
+
     root = Path(settings.weights_dir)
-    demo = root / "demo"
-    rows = [{"name": "demo", "present": (demo / "config.json").is_file(), "path": str(demo),
-             "use": "--model demo" if (demo / "config.json").is_file()
+    official = root / "official"
+    rows = [{"name": "official", "present": (official / "config.json").is_file(), "path": str(official),
+             "use": "--model official" if (official / "config.json").is_file()
              else "missing: ibllm-agent pull imagebind-llm-7b"}]
+    shipped = (DEMO_DIR / "config.json").is_file()
+    rows.append({"name": "demo", "present": shipped, "path": str(DEMO_DIR),
+                 "use": "--model demo" if shipped else "missing: python -m ibllm_agent.training.demo " + str(DEMO_DIR)})
     if root.is_dir():
         for cfg in sorted(root.glob("*/config.json")):
-            if cfg.parent.name != "demo" and (cfg.parent / "adapter.safetensors").is_file():
+            if cfg.parent.name != "official" and (cfg.parent / "adapter.safetensors").is_file():
                 rows.append({"name": cfg.parent.name, "present": True, "path": str(cfg.parent),
                              "use": f"--model {cfg.parent}"})
     rows.append({"name": "tiny", "present": True, "path": None, "use": "--model tiny (random weights: smoke tests)"})

@@ -1,6 +1,6 @@
 """``ibllm-agent pull NAME``: everything a model needs, fetched and converted, in one command.
 
-    ibllm-agent pull imagebind-llm-7b            # -> <weights_dir>/demo (what --model demo loads)
+    ibllm-agent pull imagebind-llm-7b            # -> <weights_dir>/official (what --model official loads)
 
 Steps (each skipped when its result is already there, so running it again resumes or does nothing):
 
@@ -78,7 +78,7 @@ def pull(name: str, *, out: Path | None = None, base: str | None = None, force: 
     base = base or recipe.base
     if base not in ("7B_chinese", "7B"):
         raise ConfigError(f"--base must be 7B_chinese or 7B, got {base!r}")
-    out = out or Path(settings.weights_dir) / "demo"
+    out = out or Path(settings.weights_dir) / "official"
     if (out / "config.json").is_file() and not force:
         say(f"{out} is already converted (use --force to rebuild it)")
         return out
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
     def pull_command(
         name: Annotated[str, typer.Argument(help="Model to fetch and convert.")] = "imagebind-llm-7b",
         out: Annotated[Path | None, typer.Option(
-            "--out", help="Model folder to write (default <weights_dir>/demo, what --model demo loads).")] = None,
+            "--out", help="Model folder to write (default <weights_dir>/official, what --model official loads).")] = None,
         base: Annotated[str | None, typer.Option(
             "--base", help="LLaMA the adapter runs on: 7B_chinese (what the stable adapter was trained on; "
             "default) or 7B (plain LLaMA-7B, as the reference demos load).")] = None,

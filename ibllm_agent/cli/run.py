@@ -20,13 +20,15 @@ from typing import Any
 import typer
 
 MODEL_HELP = (
-    "A saved model folder, 'demo' (the converted official model in <weights_dir>/demo), 'tiny' (random "
-    "tiny model, for smoke tests) or 'scripted:FILE.json' (replays a JSON list of outputs; testing aid)."
+    "'auto' (default: 'official' when converted, else 'demo'), 'demo' (the small model trained by our own "
+    "pipeline, shipped in the package), 'official' (the converted official 7B in <weights_dir>/official), "
+    "a saved model folder, 'tiny' (random tiny model, for smoke tests) or 'scripted:FILE.json' (replays a "
+    "JSON list of outputs; testing aid)."
 )
 
 
 # Options shared by `run` and `chat` (typer reads these as parameter defaults in both commands).
-MODEL_OPT = typer.Option("demo", "--model", help=MODEL_HELP)
+MODEL_OPT = typer.Option("auto", "--model", help=MODEL_HELP)
 THREAD_OPT = typer.Option(None, "--thread", help="Thread id to continue (default: new).")
 MEMORY_OPT = typer.Option(
     None, "--memory", help="sqlite:///PATH (default, under the workspace), postgres://… or memory."

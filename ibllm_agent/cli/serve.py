@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve", help="Serve the model over HTTP: an OpenAI-compatible chat API (/v1/chat/completions "
                  "with media and tool calls, /v1/models, /health) and the agent's threads (/v1/threads/{id}/messages).")
     def serve(
-        model: str = typer.Option("demo", "--model", help=MODEL_HELP),
+        model: str = typer.Option("auto", "--model", help=MODEL_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
         model_id: str | None = typer.Option(None, "--model-id", help="Name clients use in 'model' "

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         action_input: str = typer.Argument(..., help='Action Input, e.g. "image/ab12cd34.png, a cat".'),
         workspace: Path = typer.Option(..., "--workspace", help="Folder holding the input files; outputs go here."),
         model: str | None = typer.Option(
-            None, "--model", help="Model answering the description/VQA tools (a model folder, 'demo' or 'tiny')."
+            None, "--model", help="Model answering the description/VQA tools (a model folder, 'demo', 'official', 'auto' or 'tiny')."
         ),
         device: str | None = typer.Option(None, "--device", help="Device for tool models (auto/cpu/cuda)."),
         steps: int | None = typer.Option(None, "--steps", min=1, help="Diffusion steps (default: each tool's)."),

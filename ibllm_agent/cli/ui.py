@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     @app.command("ui", help="Open a browser chat with the agent: upload images, audio, video and point clouds, "
                  "set modality weights, cache and sampling, see tool calls and the images tools make.")
     def ui(
-        model: str = typer.Option("demo", "--model", help=MODEL_HELP),
+        model: str = typer.Option("auto", "--model", help=MODEL_HELP),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
         port: int = typer.Option(7860, "--port", help="TCP port."),
         memory: str | None = MEMORY_OPT,

@@ -144,11 +144,15 @@ def train_sentencepiece(
     vocab_size: int,
     *,
     model_type: str = "bpe",
+    by_line: bool = True,
+    options: dict[str, object] | None = None,
 ) -> SentencePieceTokenizer:
     """Train a LLaMA-style SentencePiece model (byte fallback, unk 0, BOS 1, EOS 2, pad -1).
 
-    ``texts`` are documents; they are split into lines for training (newlines are then encoded with
-    the ``<0x0A>`` byte piece, as in LLaMA). Writes ``out_path`` and returns it loaded.
+    ``texts`` are documents; by default they are split into lines for training (newlines are then
+    encoded with the ``<0x0A>`` byte piece, as in LLaMA); ``by_line=False`` trains on whole documents,
+    so pieces may contain newlines. ``options`` override trainer settings (e.g.
+    ``split_by_whitespace=False`` for multi-word pieces). Writes ``out_path`` and returns it loaded.
     ``vocab_size`` must exceed the 259 reserved pieces (3 specials + 256 bytes) and be reachable by the
     corpus, else ``ConfigError``.
     """
@@ -158,7 +162,10 @@ def train_sentencepiece(
         raise ConfigError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     if vocab_size <= 3 + 256:
         raise ConfigError(f"vocab_size {vocab_size} too small: byte fallback alone needs 259 pieces")
-    lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    if by_line:
+        lines = [line for text in texts for line in text.splitlines() if line.strip()]
+    else:
+        lines = [text for text in texts if text.strip()]
     if not lines:
         raise ConfigError("train_sentencepiece needs at least one non-empty line of text")
     out_path = Path(out_path)
@@ -166,7 +173,9 @@ def train_sentencepiece(
     buf = io.BytesIO()
     try:
         spm.SentencePieceTrainer.Train(
-            sentence_iterator=iter(lines), model_writer=buf, **_trainer_options(vocab_size, model_type)
+            sentence_iterator=iter(lines),
+            model_writer=buf,
+            **{**_trainer_options(vocab_size, model_type), **(options or {})},
         )
     except RuntimeError as exc:  # e.g. "Vocabulary size is too high" for a small corpus
         raise ConfigError(f"cannot train a {vocab_size}-piece SentencePiece model: {exc}") from exc

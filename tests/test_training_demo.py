@@ -1,0 +1,198 @@
+"""The demo model's recipe pieces: LangChain-shaped generic calls, the prompt/response rendering (it
+must equal what the chat model sends), the multi-word tokenizer, and the from-scratch LM stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from langchain_core.tools import tool
+
+from ibllm_agent import protocol as P
+from ibllm_agent.chat import ChatImageBindLLM
+from ibllm_agent.prompts import format_prompt
+from ibllm_agent.testing import ScriptedGenerator
+from ibllm_agent.training.calls import GENERATORS, generate_calls
+from ibllm_agent.training.demo import DemoRecipe, build_model, tool_pair, train_tokenizer
+from ibllm_agent.training.lm import LMStageConfig, encode_pairs, lr_at, train_lm
+
+# Names and wordings of LangChain's standard integration tests: the generic data must not contain them.
+SUITE_WORDS = ["magic_function", "get_weather", "unicode_customer", "Joke", "punchline", "customer_name",
+               "What is the value of", "Tell me a joke", "San Francisco", "你好啊集团", "こんにちは"]
+
+
+@pytest.fixture(scope="module")
+def calls():
+    return generate_calls(200, seed=0)
+
+
+def test_calls_are_deterministic_and_cover_every_shape(calls):
+    assert calls == generate_calls(200, seed=0)
+    assert calls != generate_calls(200, seed=1)
+    assert {c["kind"] for c in calls} == set(GENERATORS)
+    assert any(c["prefill"] for c in calls) and any(not c["prefill"] for c in calls)
+
+
+def test_calls_never_use_the_standard_suite_names(calls):
+    text = json.dumps(calls, ensure_ascii=False)
+    for word in SUITE_WORDS:
+        assert word not in text, word
+
+
+def _tools_of(prompt: str) -> dict[str, P.ToolSpec]:
+    """Tool specs back from the prompt's tool lines (name → parameters stated in the line)."""
+    out = {}
+    for line in prompt.split("\n"):
+        if line.startswith("> "):
+            name = line[2:].split(":", 1)[0]
+            out[name] = line
+    return out
+
+
+def test_every_call_sample_parses_to_a_schema_valid_step(calls):
+    for c in calls:
+        step = P.parse_step(c["prefill"] + c["output"])
+        shown = _tools_of(c["prompt"])
+        if step.kind == "final":
+            assert c["output"].startswith(P.THOUGHT_NO) and step.answer
+            continue
+        assert step.kind == "action", c
+        assert step.action in shown and step.action in c["tools"]
+        line = shown[step.action]
+        # As many comma-separated values as the tool line says it takes (one parameter: the whole input).
+        if "comma separated string of two" in line:
+            assert len(step.action_input.split(",")) >= 2
+        if "should be an integer" in line:
+            int(step.action_input)
+    uni = [c for c in calls if c["kind"] == "unicode" and not c["output"].startswith(P.THOUGHT_NO)]
+    for c in uni:
+        name = P.parse_step(c["prefill"] + c["output"]).action_input.split(",")[0]
+        assert name and name in c["prompt"] and not name.isascii()
+
+
+def test_training_prompt_is_what_the_chat_model_sends():
+    @tool
+    def brim_tally(level: int) -> int:
+        """Tally the brim of a level."""
+        return level
+
+    @tool
+    def pollen_at(town: str) -> str:
+        """Get the pollen count at a town."""
+        return "low"
+
+    for choice in (None, "any", "brim_tally"):
+        gen = ScriptedGenerator([f"{P.THOUGHT_NO}\nAI: ok", "3"], prompt_template="alpaca", repeat_last=True)
+        chat = ChatImageBindLLM(model=gen)
+        chat.bind_tools([brim_tally, pollen_at], tool_choice=choice).invoke("Compute brim_tally(3).")
+        sent = gen.calls[0][0]
+        specs = [P.tool_spec(t) for t in chat.bind_tools([brim_tally, pollen_at]).kwargs["tools"]]
+        shown = P.select_tools(specs, "Compute brim_tally(3).", 5)
+        prompt = P.render_prompt(shown, "Compute brim_tally(3).")
+        prefill = P.prefill_for(choice, shown) if choice else ""
+        assert tool_pair(prompt, "x", prefill)[0] == sent
+        assert sent.startswith(format_prompt(prompt, None, "alpaca"))
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory, calls):
+    pairs = [tool_pair(c["prompt"], c["output"], c["prefill"]) for c in calls]
+    return train_tokenizer(pairs, tmp_path_factory.mktemp("tok") / "t.model", 2048), pairs
+
+
+def test_tokenizer_round_trips_and_compresses_the_fixed_prompt(small_tokenizer):
+    tok, pairs = small_tokenizer
+    for prompt, response in pairs[:50]:
+        text = prompt + response
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode("Создай «東京» 🙂")) == "Создай «東京» 🙂"  # byte fallback
+    prompt = pairs[0][0]
+    # The fixed GPT4Tools blocks become multi-word pieces: far fewer tokens than words.
+    assert len(tok.encode(prompt)) < 0.6 * len(prompt.split())
+    # No dummy prefix: a prompt tokenises the same whether or not text follows it after a newline.
+    assert tok.encode("Thought", bos=False) == tok.encode("\nThought", bos=False)[1:]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = LMStageConfig(steps=100, warmup=10, lr=1e-2, min_lr=1e-3)
+    assert lr_at(0, cfg) == pytest.approx(1e-3)
+    assert lr_at(9, cfg) == pytest.approx(1e-2)
+    assert lr_at(99, cfg) == pytest.approx(1e-3, rel=1e-2)
+    assert lr_at(50, cfg) < lr_at(20, cfg)
+    timed = LMStageConfig(steps=10_000, warmup=10, lr=1e-2, min_lr=1e-3, time_budget_s=60.0)
+    assert lr_at(20, timed, elapsed_s=60.0) == pytest.approx(1e-3)  # the clock ends the schedule
+    assert lr_at(20, timed, elapsed_s=30.0) == pytest.approx(5.5e-3, rel=1e-2)
+
+
+def test_encode_pairs_marks_the_prompt_and_drops_long_pairs(small_tokenizer):
+    tok, pairs = small_tokenizer
+    ex = encode_pairs(tok, [("### Response:", " Thought: yes"), ("x " * 400, "y")], max_len=64)
+    assert len(ex) == 1
+    (e,) = ex
+    assert e.ids[0] == tok.bos_id and e.ids[-1] == tok.eos_id
+    assert tok.decode(e.ids[1 : e.n_prompt]) == "### Response:"
+    assert tok.decode(e.ids[e.n_prompt :]) == " Thought: yes"
+
+
+@pytest.mark.slow  # ~10 s on an idle core, 30+ s on a shared one
+def test_lm_stage_trains_a_model_that_answers_after_the_rendered_prompt(small_tokenizer):
+    """Two pairs memorised from scratch: greedy decoding after each prompt gives its response, so the
+    tokenisation at training time is the one generation continues from."""
+    tok, _ = small_tokenizer
+    pairs = [tool_pair("Use frob on 12.", "Action: frob_tal\nAction Input: 12"),
+             tool_pair("Hello there.", "Thought: Do I need to use a tool? No\nAI: Hi!")]
+    recipe = DemoRecipe(hidden=64, layers=2, heads=2, intermediate=128, context_length=256)
+    model = build_model(tok, recipe)
+    before = [p.detach().clone() for p in model.bind.parameters()]
+    stats = train_lm(model, encode_pairs(tok, pairs, 256),
+                     LMStageConfig(steps=120, batch_tokens=512, lr=1e-2, min_lr=1e-3, warmup=5, seed=0), log=None)
+    assert stats["steps"] == 120 and stats["response_loss"] < 0.1
+    assert model.config.phase == "inference" and not model.training
+    for (prompt, response) in pairs:
+        out = model.generate(prompt, sampling=_greedy(32)).text
+        assert out.strip() == response.strip()
+    # The stage trains the LM only: the bind network is untouched.
+    assert all(torch.equal(a, b) for a, b in zip(before, model.bind.parameters()))
+
+
+def _greedy(n):
+    from ibllm_agent.types import Sampling
+
+    return Sampling(max_new_tokens=n, temperature=0.0)
+
+
+def test_saved_model_reloads_with_its_tokenizer(small_tokenizer, tmp_path: Path):
+    from ibllm_agent.model import ImageBindLLM
+
+    tok, _ = small_tokenizer
+    model = build_model(tok, DemoRecipe(hidden=32, layers=1, heads=2, intermediate=64, context_length=128))
+    model.save_pretrained(tmp_path / "m")
+    again = ImageBindLLM.from_pretrained(tmp_path / "m", device="cpu")
+    assert again.config.prompt_template == "alpaca" and again.config.lora_rank == 0
+    assert again.tokenizer.encode("Action: x") == tok.encode("Action: x")
+    ids = torch.tensor([tok.encode("Thought: hi")])
+    assert torch.allclose(model(ids)[0], again(ids)[0])
+
+
+@pytest.mark.slow  # ~2 min: the whole recipe, scaled down (data, model, budget)
+def test_recipe_retrains_a_smaller_variant(tmp_path):
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.training.demo import run
+
+    recipe = DemoRecipe(vocab_size=1024, hidden=64, layers=2, heads=2, intermediate=160, call_episodes=70,
+                        synthetic={"n_train": 80, "n_val": 12, "n_test": 12, "n_chat": 20, "media_train": 4,
+                                   "media_eval": 3},
+                        lm=LMStageConfig(steps=5000, batch_tokens=2048, lr=4e-3, warmup=20, max_len=640,
+                                         time_budget_s=75, log_every=1000))
+    metrics = run(tmp_path / "model", recipe, log=lambda m: None)
+    saved = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert saved["eval"] == metrics["eval"] and saved["recipe"]["hidden"] == 64
+    assert 70 <= metrics["lm_stage"]["seconds"] <= 80  # the clock ends the stage
+    assert metrics["lm_stage"]["response_loss"] < 2.0  # from ~7 (uniform over the vocabulary)
+    seen = metrics["eval"]["val_seen"]
+    assert seen["n"] > 0 and 0.0 <= seen["SR"] <= 1.0
+    assert set(seen["by_modality"]) and set(seen["by_kind"])
+    reloaded = ImageBindLLM.from_pretrained(tmp_path / "model", device="cpu")
+    assert reloaded.config.prompt_template == "alpaca" and reloaded.tokenizer.vocab_size == 1024
