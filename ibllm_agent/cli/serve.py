@@ -29,7 +29,7 @@ def load_generator(spec: str, device: str | None = None, cache: Path | None = No
     """The ``TextGenerator`` a ``--model`` names, and the id the server lists it under.
 
     ``tiny`` → the random tiny ImageBind-LLM; ``scripted:FILE.json`` → a ``ScriptedGenerator``
-    replaying a JSON list of outputs (testing aid); ``demo`` or a folder → the saved model (all through
+    replaying a JSON list of outputs (testing aid); a model name (``demo``, ``official``, ``auto``) or a folder → the saved model (all through
     ``ibllm_agent.load_model``).
     """
     from ibllm_agent.config import get_settings
