@@ -195,3 +195,27 @@ def test_cli_and_config_errors(tmp_path, capsys):
     assert "unknown held-out tool" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         SyntheticConfig(mix={"tool": 1.0, "dance": 1.0}).check()
+
+
+def test_unrendered_train_names_widen_the_train_split_only(data, tmp_path):
+    """``names_train`` adds file names without files to the train split's tool episodes (marked
+    ``rendered: false``); val/test, the LLaVA records and the caption table keep to rendered files, and
+    the rendered part of the set does not move."""
+    out = tmp_path / "wide"
+    generate(out, SyntheticConfig(seed=3, **{**SMALL, "n_train": 200}, names_train=50))
+    train = _load(out, "train")
+    used = [m for x in train for m in x["media"]]
+    virtual = {m["path"] for m in used if m.get("rendered") is False}
+    real = {m["path"] for m in used if "rendered" not in m}
+    assert len(virtual) > 4 * len(real) > 0  # most attachments now come from the wide name pool
+    assert all(not (out / p).exists() for p in virtual) and all((out / p).is_file() for p in real)
+    for split in ("val", "test"):
+        assert all("rendered" not in m and (out / m["path"]).is_file() for x in _load(out, split) for m in x["media"])
+        assert _load(out, split) == _load(data, split)  # held-out splits unchanged by the train-side knobs
+    for name in ("llava.json", "llava_media.json"):
+        records = json.loads((out / name).read_text())
+        assert all((out / r[m]).is_file() for r in records for m in ("image", "audio", "video", "point") if m in r)
+    rows = (out / "image_text.tsv").read_text().splitlines()[1:]
+    assert rows and all((out / r.split("\t")[0]).is_file() for r in rows)
+    with pytest.raises(ConfigError):
+        SyntheticConfig(names_train=-1).check()

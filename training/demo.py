@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ibllm_agent import protocol as P
+from ibllm_agent.errors import ConfigError
 from ibllm_agent.prompts import format_chat, format_prompt
 from ibllm_agent.training.lm import LMStageConfig
 
@@ -39,11 +40,19 @@ class DemoRecipe:
     heads: int = 4
     intermediate: int = 344
     context_length: int = 1024
-    call_episodes: int = 600
+    call_episodes: int = 4000
     forced_fraction: float = 0.3  # GPT4Tools action samples also seen after a tool_choice prefill
-    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig overrides (counts)
-    copy_pairs: int = 3000  # short "repeat this" pairs: cheap tokens that teach copying (induction)
-    lm: LMStageConfig = field(default_factory=lambda: LMStageConfig(steps=3000, max_len=640, prompt_loss_weight=0.5))
+    # SyntheticConfig overrides. Many episodes over thousands of (unrendered) names: about one pass over
+    # the data in the time budget, so names and values can only be copied, never memorised.
+    synthetic: dict[str, Any] = field(default_factory=lambda: {"n_train": 12000, "names_train": 3000, "n_chat": 400})
+    copy_pairs: int = 6000  # short "repeat this" pairs: cheap tokens that teach copying (induction)
+    tokenizer_docs: int = 8000  # pairs the BPE is trained on (a seeded sample; every non-ASCII pair kept)
+    # Wall clock of the whole recipe (data → scores); the LM stage gets what data and tokenizer left,
+    # less ``eval_reserve_s`` for scoring (None: the LM stage keeps its own ``time_budget_s``).
+    budget_s: float | None = None
+    eval_reserve_s: float = 45.0
+    lm: LMStageConfig = field(default_factory=lambda: LMStageConfig(
+        steps=20000, max_len=640, prompt_loss_weight=0.5, autocast="bfloat16"))
 
 
 # -- pairs ---------------------------------------------------------------------------------------------
@@ -168,13 +177,20 @@ def build_model(tokenizer, recipe: DemoRecipe):
     return model
 
 
-def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int):
+def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int, *, max_docs: int | None = None,
+                    seed: int = 0):
     """A BPE over whole rendered samples with multi-word pieces (``split_by_whitespace=False``) and
     no dummy prefix, so a prompt string tokenises the same alone as at the start of a longer text:
-    the response tokens the model learns after a prompt are the ones it must produce there."""
+    the response tokens the model learns after a prompt are the ones it must produce there.
+    ``max_docs``: train on a seeded sample of that many pairs plus every pair with non-ASCII text (so
+    each script keeps its pieces); the sample's statistics are the whole set's."""
     from ibllm_agent.model.tokenizer import train_sentencepiece
 
     docs = [p + r for p, r in pairs]
+    if max_docs is not None and len(docs) > max_docs:
+        rng = random.Random(f"tokenizer-{seed}")
+        rare = [d for d in docs if not d.isascii()]
+        docs = rng.sample([d for d in docs if d.isascii()], max(0, max_docs - len(rare))) + rare
     return train_sentencepiece(docs, out, vocab_size, by_line=False, options={
         "split_by_whitespace": False, "max_sentencepiece_length": 64, "max_sentence_length": 1 << 16,
         "add_dummy_prefix": False, "input_sentence_size": 0,
@@ -224,8 +240,15 @@ def run(out: Path, recipe: DemoRecipe | None = None, *, work: Path | None = None
         generate(data, SyntheticConfig(seed=recipe.seed, **recipe.synthetic))
         pairs = (synthetic_pairs(data, recipe) + call_pairs(generate_calls(recipe.call_episodes, recipe.seed))
                  + copy_pairs(recipe.copy_pairs, recipe.seed))
-        tokenizer = train_tokenizer(pairs, work / "tokenizer.model", recipe.vocab_size)
+        tokenizer = train_tokenizer(pairs, work / "tokenizer.model", recipe.vocab_size,
+                                    max_docs=recipe.tokenizer_docs, seed=recipe.seed)
         examples = encode_pairs(tokenizer, pairs, recipe.lm.max_len)
+        if recipe.budget_s is not None:
+            left = recipe.budget_s - (time.monotonic() - start) - recipe.eval_reserve_s
+            if left <= 0:
+                raise ConfigError(f"budget of {recipe.budget_s:.0f} s is spent before the LM stage "
+                                  f"({time.monotonic() - start:.0f} s on data and tokenizer)")
+            recipe.lm.time_budget_s = left
         log(f"{len(examples)} training pairs, {sum(len(e.ids) for e in examples):,} tokens; "
             f"tokenizer {tokenizer.vocab_size} pieces")
         model = build_model(tokenizer, recipe)
@@ -254,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m ibllm_agent.training.demo", description=main.__doc__)
     parser.add_argument("out", type=Path, help="checkpoint folder to write")
-    parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget of the LM stage")
+    parser.add_argument("--minutes", type=float, default=20.0,
+                        help="wall-clock budget of the whole recipe, data to scores")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (cosine schedule length)")
     parser.add_argument("--seed", type=int, default=0)
@@ -263,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = DemoRecipe(seed=args.seed)
-    recipe.lm.time_budget_s = 60.0 * args.minutes
+    recipe.budget_s = 60.0 * args.minutes
     recipe.lm.seed = args.seed
     if args.steps:
         recipe.lm.steps = args.steps

@@ -22,13 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=d.n_test, help="episodes in the test split (unseen tools)")
     p.add_argument("--n-chat", type=int, default=d.n_chat, help="records in each of alpaca/llava/sharegpt")
     p.add_argument("--media-train", type=int, default=d.media_train, help="train files per modality")
+    p.add_argument("--names-train", type=int, default=d.names_train,
+                   help="extra unrendered train file names per modality for tool-use episodes")
     p.add_argument("--media-eval", type=int, default=d.media_eval, help="val and test files per modality")
     p.add_argument("--heldout-tool", action="append", default=None, metavar="NAME",
                    help=f"tool held out of training for the unseen split (repeatable; default: "
                         f"{', '.join(d.heldout_tools)}); one of the registered names")
     a = p.parse_args(argv)
     cfg = SyntheticConfig(seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, n_chat=a.n_chat,
-                          media_train=a.media_train, media_eval=a.media_eval,
+                          media_train=a.media_train, media_eval=a.media_eval, names_train=a.names_train,
                           heldout_tools=tuple(a.heldout_tool) if a.heldout_tool else d.heldout_tools)
     try:
         manifest = generate(a.out, cfg)

@@ -26,10 +26,12 @@ _PARAMS = {
     "boolean": ["verbose", "exact", "strict"],
 }
 _STRINGS = ["paris", "blue", "apple", "meters", "alpha", "tokyo", "green", "kilograms", "music", "river"]
-# (train templates, held-out templates); {purpose} = "the noun", {args} = "p1 v1 and p2 v2".
+# (train templates, held-out templates); {purpose} = "the noun", {args} = "p1 v1 and p2 v2". Each held-out
+# sentence reuses a train phrase ("What is the {noun}", "Call the right tool") in a new sentence.
 _REQUESTS = (
     ["Please {verb} the {noun} for {args}.", "Use {name} with {args}.", "I need the {noun}: {args}.",
-     "Can you {verb} the {noun} given {args}?"],
+     "Can you {verb} the {noun} given {args}?", "What is the {noun} for {args}?",
+     "Call the right tool: {verb} the {noun} for {args}."],
     ["What is the {noun} when {args}? Use a tool.", "Call the right tool to {verb} the {noun} with {args}."],
 )
 

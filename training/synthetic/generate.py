@@ -57,6 +57,10 @@ class SyntheticConfig:
     n_test: int = 60
     media_train: int = 16  # files per modality in the train pool
     media_eval: int = 6  # files per modality in each of the val and test pools
+    # Extra train names per modality that tool-use episodes may attach *without* a rendered file (their
+    # media entry says ``"rendered": false``): GPT4Tools' own training names have no file either, and a
+    # model that sees only a few names memorises them instead of learning to copy the one it is given.
+    names_train: int = 0
     n_chat: int = 200  # records in each of alpaca / llava / sharegpt
     heldout_tools: tuple[str, ...] = DEFAULT_HELDOUT_TOOLS
     # episode mix (relative weights) for train/val
@@ -67,7 +71,8 @@ class SyntheticConfig:
         unknown = [t for t in self.heldout_tools if t not in all_tool_names()]
         if unknown:
             raise ConfigError(f"unknown held-out tool(s) {unknown}; known: {all_tool_names()}")
-        if min(self.n_train, self.n_val, self.n_test, self.n_chat) < 0 or min(self.media_train, self.media_eval) < 1:
+        if min(self.n_train, self.n_val, self.n_test, self.n_chat, self.names_train) < 0 or \
+                min(self.media_train, self.media_eval) < 1:
             raise ConfigError("counts must be >= 0 and media pools >= 1")
         if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ConfigError(f"mix weights must be non-negative with a positive sum, got {self.mix}")
@@ -99,6 +104,16 @@ def media_pools(cfg: SyntheticConfig) -> dict[str, dict[str, list[dict[str, Any]
                 used.add(name)
                 items.append({"modality": modality, "name": name, "scene": scene, "seed": rng.randrange(2**31)})
             pools[split][modality] = items
+    for modality in SCENES:  # unrendered train names (after the rendered ones: their draws stay put)
+        for j in range(cfg.names_train):
+            rng = _rng(cfg, "train", "name", modality, j)
+            name = ""
+            while not name or name in used:
+                name = f"{modality}/" + "".join(rng.choice(string.ascii_lowercase) for _ in range(8))
+                name += EXTENSIONS[modality]
+            used.add(name)
+            pools["train"][modality].append({"modality": modality, "name": name, "scene": SCENES[modality](rng),
+                                             "seed": rng.randrange(2**31), "rendered": False})
     return pools
 
 
@@ -228,10 +243,13 @@ def generate(out_dir: str | Path, cfg: SyntheticConfig | None = None) -> dict[st
     for split in SPLITS:
         for items in pools[split].values():
             for item in items:
-                files[item["name"]] = render(item["scene"], item["seed"])
-    tsv = ["url\tcaption"] + [f"{it['name']}\t{T.caption(it['scene'])}" for it in pools["train"]["image"]]
+                if item.get("rendered", True):
+                    files[item["name"]] = render(item["scene"], item["seed"])
+    tsv = ["url\tcaption"] + [f"{it['name']}\t{T.caption(it['scene'])}" for it in pools["train"]["image"]
+                              if it.get("rendered", True)]
     files["image_text.tsv"] = ("\n".join(tsv) + "\n").encode("utf-8")
-    for name, records in chat_records(cfg, pools["train"]).items():
+    rendered = {m: [it for it in items if it.get("rendered", True)] for m, items in pools["train"].items()}
+    for name, records in chat_records(cfg, rendered).items():  # LLaVA-style records need the files
         files[name] = _dump(records)
     counts: dict[str, Any] = {}
     for split in SPLITS:

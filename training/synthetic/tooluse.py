@@ -244,8 +244,11 @@ def no_tool_episode(rng: random.Random, pool: list[str], item: dict[str, Any] | 
                    [_media(item)] if item else [])
 
 
-def _media(item: dict[str, Any]) -> dict[str, str]:
-    return {"modality": item["modality"], "path": item["name"]}
+def _media(item: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"modality": item["modality"], "path": item["name"]}
+    if not item.get("rendered", True):
+        entry["rendered"] = False  # a train name without a file (SyntheticConfig.names_train)
+    return entry
 
 
 def step_text(step: Step) -> str:
