@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from ibllm_agent.prompts import format_prompt
+from ibllm_agent.training.calls import GENERATORS, generate_calls
+from ibllm_agent.training.demo import DemoRecipe, build_model, tool_pair, train_tokenizer
+from ibllm_agent.training.lm import LMStageConfig, encode_pairs, lr_at, train_lm
 from langchain_core.tools import tool
 
 from ibllm_agent import protocol as P
 from ibllm_agent.chat import ChatImageBindLLM
-from ibllm_agent.prompts import format_prompt
 from ibllm_agent.testing import ScriptedGenerator
-from ibllm_agent.training.calls import GENERATORS, generate_calls
-from ibllm_agent.training.demo import DemoRecipe, build_model, tool_pair, train_tokenizer
-from ibllm_agent.training.lm import LMStageConfig, encode_pairs, lr_at, train_lm
 
 # Names and wordings of LangChain's standard integration tests: the generic data must not contain them.
 SUITE_WORDS = ["magic_function", "get_weather", "unicode_customer", "Joke", "punchline", "customer_name",
@@ -158,8 +158,9 @@ def test_lm_stage_trains_a_model_that_answers_after_the_rendered_prompt(small_to
 
 
 def test_recipe_budget_spent_before_the_lm_stage_is_a_config_error(tmp_path):
-    from ibllm_agent.errors import ConfigError
     from ibllm_agent.training.demo import run
+
+    from ibllm_agent.errors import ConfigError
 
     recipe = DemoRecipe(vocab_size=1024, call_episodes=20, copy_pairs=20, budget_s=1.0,
                         synthetic={"n_train": 20, "n_val": 2, "n_test": 2, "n_chat": 5, "media_train": 1,
@@ -190,8 +191,9 @@ def test_saved_model_reloads_with_its_tokenizer(small_tokenizer, tmp_path: Path)
 
 @pytest.mark.slow  # ~2 min: the whole recipe, scaled down (data, model, budget)
 def test_recipe_retrains_a_smaller_variant(tmp_path):
-    from ibllm_agent.model import ImageBindLLM
     from ibllm_agent.training.demo import run
+
+    from ibllm_agent.model import ImageBindLLM
 
     recipe = DemoRecipe(vocab_size=1024, hidden=64, layers=2, heads=2, intermediate=160, call_episodes=70,
                         synthetic={"n_train": 80, "n_val": 12, "n_test": 12, "n_chat": 20, "media_train": 4,

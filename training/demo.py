@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ibllm_agent import protocol as P
-from ibllm_agent.errors import ConfigError
 from ibllm_agent.prompts import format_chat, format_prompt
 from ibllm_agent.training.lm import LMStageConfig
+
+from ibllm_agent import protocol as P
+from ibllm_agent.errors import ConfigError
 
 TEMPLATE = "alpaca"
 
