@@ -85,6 +85,15 @@ def _rng(cfg: SyntheticConfig, *parts: Any) -> random.Random:
     return random.Random(":".join(str(p) for p in (cfg.seed, *parts)))
 
 
+def _unique_name(rng: random.Random, modality: str, used: set[str]) -> str:
+    """GPT4Tools-style ``<modality>/<8 lowercase letters><ext>``, not in ``used`` (added to it)."""
+    name = ""
+    while not name or name in used:
+        name = f"{modality}/" + "".join(rng.choice(string.ascii_lowercase) for _ in range(8)) + EXTENSIONS[modality]
+    used.add(name)
+    return name
+
+
 def media_pools(cfg: SyntheticConfig) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """split → modality → items ``{modality, name, scene, seed}`` with unique names across splits."""
     used: set[str] = set()
@@ -97,21 +106,13 @@ def media_pools(cfg: SyntheticConfig) -> dict[str, dict[str, list[dict[str, Any]
             for j in range(count):
                 rng = _rng(cfg, split, modality, j)
                 scene = SCENES[modality](rng)
-                name = ""
-                while not name or name in used:
-                    name = f"{modality}/" + "".join(rng.choice(string.ascii_lowercase) for _ in range(8))
-                    name += EXTENSIONS[modality]
-                used.add(name)
+                name = _unique_name(rng, modality, used)
                 items.append({"modality": modality, "name": name, "scene": scene, "seed": rng.randrange(2**31)})
             pools[split][modality] = items
     for modality in SCENES:  # unrendered train names (after the rendered ones: their draws stay put)
         for j in range(cfg.names_train):
             rng = _rng(cfg, "train", "name", modality, j)
-            name = ""
-            while not name or name in used:
-                name = f"{modality}/" + "".join(rng.choice(string.ascii_lowercase) for _ in range(8))
-                name += EXTENSIONS[modality]
-            used.add(name)
+            name = _unique_name(rng, modality, used)
             pools["train"][modality].append({"modality": modality, "name": name, "scene": SCENES[modality](rng),
                                              "seed": rng.randrange(2**31), "rendered": False})
     return pools
