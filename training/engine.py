@@ -16,6 +16,7 @@ Semantics (reference §6, with the reference's quirks fixed where noted):
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -190,6 +191,11 @@ class Trainer:
         try:
             return self._run()
         finally:  # also after an error, so a later run in this process starts a fresh group
+            # Free the DDP/FSDP wrapper first: gloo work objects it still holds, destroyed at interpreter
+            # exit after the group is gone, abort the process (SIGABRT, "terminate called without an
+            # active exception") now and then.
+            self.step_mod = None
+            gc.collect()
             if self.d.owns_group and dist.is_initialized():
                 dist.destroy_process_group()
 
