@@ -11,7 +11,15 @@ import torch
 from ibllm_agent.prompts import format_prompt
 from ibllm_agent.training.calls import GENERATORS, generate_calls
 from ibllm_agent.training.demo import DemoRecipe, build_model, tool_pair, train_tokenizer
-from ibllm_agent.training.lm import LMStageConfig, encode_pairs, lr_at, train_lm
+from ibllm_agent.training.lm import (
+    LMStageConfig,
+    encode_pairs,
+    first_layers,
+    identity_layers,
+    lr_at,
+    repeat_rows,
+    train_lm,
+)
 from langchain_core.tools import tool
 
 from ibllm_agent import protocol as P
@@ -155,6 +163,69 @@ def test_lm_stage_trains_a_model_that_answers_after_the_rendered_prompt(small_to
         assert out.strip() == response.strip()
     # The stage trains the LM only: the bind network is untouched.
     assert all(torch.equal(a, b) for a, b in zip(before, model.bind.parameters()))
+
+
+def test_repeat_rows_are_predictable_only_by_copying():
+    """Every weighted token is the successor of an earlier occurrence of the token before it (what an
+    induction head reads), the first token of a repeat is never weighted, and offsets vary."""
+    ids, w = repeat_rows(64, 96, 10, 500, torch.Generator().manual_seed(0))
+    again, _ = repeat_rows(64, 96, 10, 500, torch.Generator().manual_seed(0))
+    assert torch.equal(ids, again) and ids.shape == w.shape == (64, 96)
+    assert int(ids.min()) >= 10 and int(ids.max()) < 500
+    offsets = set()
+    for row in range(64):
+        hits = w[row].nonzero().flatten().tolist()
+        assert hits, "every row has repeats"
+        for j in hits:
+            earlier = [i for i in range(j - 1) if ids[row, i] == ids[row, j - 1] and ids[row, i + 1] == ids[row, j]]
+            assert earlier, (row, j)
+            offsets.add(j - earlier[-1])
+        assert w[row, 0] == 0 and len(hits) < 96 // 2  # a repeat's first token is never weighted
+    assert len(offsets) > 10  # no single period a positional shortcut could learn
+
+
+def test_grown_layers_start_as_identities(small_tokenizer):
+    """``identity_layers(lm, k)`` makes the whole model compute what its first k layers compute."""
+    tok, _ = small_tokenizer
+    model = build_model(tok, DemoRecipe(hidden=64, layers=3, heads=2, intermediate=128, context_length=256))
+    ids = torch.randint(4, tok.vocab_size, (2, 20))
+    with torch.no_grad(), first_layers(model.lm, 1):
+        shallow, _ = model(ids)
+    assert len(model.lm.model.layers) == 3  # restored
+    with torch.no_grad():
+        before, _ = model(ids)
+    assert not torch.allclose(before, shallow, atol=1e-4)
+    identity_layers(model.lm, 1)
+    with torch.no_grad():
+        after, _ = model(ids)
+    torch.testing.assert_close(after, shallow)
+
+
+def test_copy_warm_up_trains_the_first_layers_then_grows(small_tokenizer):
+    """The warm-up updates the first ``copy_layers`` only, stops at ``copy_target``, and the layers
+    above enter the pair steps as identities (then train: their output projections leave zero)."""
+    tok, _ = small_tokenizer
+    model = build_model(tok, DemoRecipe(hidden=64, layers=3, heads=2, intermediate=128, context_length=256))
+    top = [p.detach().clone() for n, p in model.lm.model.layers[2].named_parameters()
+           if "o_proj" not in n and "down_proj" not in n]
+    low = model.lm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    pairs = [tool_pair("Use frob on 12.", "Action: frob_tal\nAction Input: 12")]
+    cfg = LMStageConfig(steps=0, batch_tokens=512, lr=1e-2, warmup=1, copy_steps=3, copy_layers=2,
+                        copy_len=32, copy_batch=4)
+    stats = train_lm(model, encode_pairs(tok, pairs, 256), cfg, log=None)
+    assert stats["copy_steps"] == 3 and 0.0 <= stats["copy_accuracy"] <= 1.0
+    assert not torch.equal(low, model.lm.model.layers[0].self_attn.q_proj.weight)
+    rest = [p for n, p in model.lm.model.layers[2].named_parameters() if "o_proj" not in n and "down_proj" not in n]
+    assert all(torch.equal(a, b) for a, b in zip(top, rest))
+    assert not model.lm.model.layers[2].self_attn.o_proj.weight.any()
+    assert not model.lm.model.layers[1].self_attn.o_proj.weight.eq(0).all()
+    # A reached target ends the warm-up at once; the pair steps then run with copy rows beside them.
+    model = build_model(tok, DemoRecipe(hidden=64, layers=3, heads=2, intermediate=128, context_length=256))
+    cfg = LMStageConfig(steps=2, batch_tokens=512, lr=1e-2, warmup=1, copy_steps=50, copy_target=0.0,
+                        copy_layers=2, copy_rows=2, copy_len=32, copy_batch=4)
+    stats = train_lm(model, encode_pairs(tok, pairs, 256), cfg, log=None)
+    assert stats["copy_steps"] == 1 and stats["steps"] == 2
+    assert model.lm.model.layers[2].self_attn.o_proj.weight.any()
 
 
 def test_recipe_budget_spent_before_the_lm_stage_is_a_config_error(tmp_path):
