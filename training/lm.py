@@ -190,14 +190,15 @@ def identity_layers(lm, start: int) -> None:
                     mod.bias.zero_()
 
 
-def _weighted_nll(model, ids, w, mask, amp_dtype):
-    """(mean weighted NLL, per-token NLL [N], weights [N], argmax hits [N]) of next-token prediction."""
+def _weighted_nll(model, ids, w, mask, amp_dtype, hits: bool = False):
+    """(mean weighted NLL, per-token NLL [N], weights [N], argmax hits [N] or None) of next-token
+    prediction."""
     with torch.autocast(ids.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits, _ = model(ids, attention_mask=mask)  # [B, T, V]
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
     wt = w[:, 1:].flatten()
-    hits = (logits[:, :-1].argmax(-1).flatten() == ids[:, 1:].flatten()).float()
-    return (nll * wt).sum() / wt.sum().clamp_min(1e-9), nll.detach(), wt, hits
+    right = (logits[:, :-1].argmax(-1).flatten() == ids[:, 1:].flatten()).float() if hits else None
+    return (nll * wt).sum() / wt.sum().clamp_min(1e-9), nll.detach(), wt, right
 
 
 def lr_at(step: int, cfg: LMStageConfig, elapsed_s: float = 0.0) -> float:
@@ -262,7 +263,7 @@ def train_lm(model, examples: list[Example], cfg: LMStageConfig,
             for g in opt.param_groups:
                 g["lr"] = lr_at(total, cfg, clock())
             ids, w = copy_batch(cfg.copy_batch)
-            loss, _, wt, hits = _weighted_nll(model, ids, w, None, amp_dtype)
+            loss, _, wt, hits = _weighted_nll(model, ids, w, None, amp_dtype, hits=True)
             update(loss)
             total += 1
             tokens += ids.numel()
