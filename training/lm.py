@@ -254,9 +254,9 @@ def train_lm(model, examples: list[Example], cfg: LMStageConfig,
         opt.step()
 
     start, tokens, ema, done, total = time.monotonic(), 0, None, 0, 0
-    copy_acc, copy_steps = None, 0
-    with first_layers(lm, cfg.copy_layers):  # the copy warm-up
-        for copy_steps in range(cfg.copy_steps):
+    copy_acc = None
+    with first_layers(lm, cfg.copy_layers):  # the copy warm-up: its steps are the first ``total``
+        while total < cfg.copy_steps:
             if (cfg.time_budget_s is not None and clock() > cfg.time_budget_s) or (
                     copy_acc is not None and copy_acc >= cfg.copy_target):
                 break
@@ -265,15 +265,14 @@ def train_lm(model, examples: list[Example], cfg: LMStageConfig,
             ids, w = copy_batch(cfg.copy_batch)
             loss, _, wt, hits = _weighted_nll(model, ids, w, None, amp_dtype, hits=True)
             update(loss)
-            total += 1
             tokens += ids.numel()
             acc = float((hits * wt).sum() / wt.sum())
             copy_acc = acc if copy_acc is None else 0.8 * copy_acc + 0.2 * acc
-            if log and copy_steps % cfg.log_every == 0:
-                log(f"copy {copy_steps:5d}  lr {g['lr']:.2e}  loss {loss.item():.4f}  accuracy {copy_acc:.3f}  "
+            if log and total % cfg.log_every == 0:
+                log(f"copy {total:5d}  lr {g['lr']:.2e}  loss {loss.item():.4f}  accuracy {copy_acc:.3f}  "
                     f"{tokens / max(clock(), 1e-9):,.0f} tok/s  {clock():.0f}s")
-        else:
-            copy_steps = cfg.copy_steps
+            total += 1
+    copy_steps = total
     if cfg.copy_steps and cfg.copy_layers is not None:
         identity_layers(lm, cfg.copy_layers)
     for step in range(cfg.steps):
