@@ -1,5 +1,5 @@
 """The demo model's recipe pieces: LangChain-shaped generic calls, the prompt/response rendering (it
-must equal what the chat model sends), the multi-word tokenizer, and the from-scratch LM stage."""
+must equal what the chat model sends), the word-piece tokenizer, and the from-scratch LM stage."""
 
 from __future__ import annotations
 
@@ -121,6 +121,82 @@ def test_tokenizer_round_trips_and_compresses_the_fixed_prompt(small_tokenizer):
     assert len(tok.encode(prompt)) < 0.6 * len(prompt.split())
     # No dummy prefix: a prompt tokenises the same whether or not text follows it after a newline.
     assert tok.encode("Thought", bos=False) == tok.encode("\nThought", bos=False)[1:]
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i:i + len(part)] == part for i in range(len(seq) - len(part) + 1))
+
+
+def test_tokenizer_keeps_copied_values_alike(small_tokenizer):
+    """Every value the answer copies from the request (the tool from the list, the arguments) is the
+    same run of tokens in the answer as in the prompt: the model can learn to copy tokens. Multi-word
+    pieces merged a value with its neighbours differently in the two places."""
+    import re
+
+    tok, pairs = small_tokenizer
+    values = 0
+    for prompt, response in pairs:
+        m = re.search(r"Action: (\S+)\nAction Input: (.*)\n", response)
+        if not m or "Previous conversation:\n\nHuman" in prompt:
+            continue
+        for value in [m.group(1)] + [v for v in m.group(2).split(", ") if f" {v}" in prompt.split("New input:")[1]]:
+            # the value as it is tokenised inside the response, after its space
+            start = response.index(f" {value}", response.index("Action"))
+            part = tok.encode(f" {value}", bos=False)
+            assert _contains(tok.encode(response[:start + 1 + len(value)], bos=False), part), value
+            assert _contains(tok.encode(prompt), part), (value, prompt[-200:])
+            values += 1
+    assert values > 50
+
+
+def test_fixed_template_lines_are_single_pieces(small_tokenizer):
+    from ibllm_agent.training.demo import fixed_pieces
+
+    tok, _ = small_tokenizer
+    pieces = fixed_pieces()
+    assert any(p.startswith("GPT4Tools▁needs▁to▁use▁tools") for p in pieces)
+    for piece in pieces[:10]:
+        assert len(tok.encode(piece.replace("▁", " "), bos=False)) == 1, piece
+
+
+def _copy_accuracy(lm, ids: torch.Tensor, weights: torch.Tensor) -> float:
+    with torch.no_grad():
+        pred = lm(input_ids=ids).logits[:, :-1].argmax(-1)
+    hit = (pred == ids[:, 1:]).float() * weights[:, 1:]
+    return (hit.sum() / weights[:, 1:].sum()).item()
+
+
+def test_induction_init_copies_before_any_training(small_tokenizer):
+    """The structured initialisation is a working induction circuit: on rows of random tokens whose
+    segments repeat, it predicts most repeated tokens before a single step; the same model with the
+    default initialisation predicts none."""
+    from dataclasses import replace
+
+    tok, _ = small_tokenizer
+    recipe = DemoRecipe(hidden=128, layers=3, heads=4, intermediate=256, context_length=512)
+    ids, w = repeat_rows(8, 160, 300, tok.vocab_size, torch.Generator().manual_seed(3), max_gap=4)
+    model = build_model(tok, recipe)
+    assert _copy_accuracy(model.lm, ids, w) > 0.6
+    assert _copy_accuracy(build_model(tok, replace(recipe, induction_init=False)).lm, ids, w) < 0.05
+    # The rest keeps its random init by default, or starts as zero branches (then the stream holds
+    # exactly the circuit; copying is unchanged).
+    assert model.lm.model.layers[2].self_attn.o_proj.weight.any()
+    zero = build_model(tok, replace(recipe, induction_zero_rest=True))
+    top = zero.lm.model.layers[2]
+    assert not top.self_attn.o_proj.weight.any() and not top.mlp.down_proj.weight.any()
+    assert _copy_accuracy(zero.lm, ids, w) > 0.6
+    # A different seed writes different codes: the circuit, not one set of numbers, does the copying.
+    other = build_model(tok, replace(recipe, seed=1))
+    assert not torch.equal(other.lm.model.embed_tokens.weight, model.lm.model.embed_tokens.weight)
+    assert _copy_accuracy(other.lm, ids, w) > 0.6
+
+
+def test_induction_init_needs_slow_rotary_pairs(small_tokenizer):
+    from ibllm_agent.errors import ConfigError
+
+    tok, _ = small_tokenizer
+    with pytest.raises(ConfigError, match="rope_theta"):
+        build_model(tok, DemoRecipe(hidden=128, layers=2, heads=4, intermediate=256, rope_theta=1e4))
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -251,7 +327,8 @@ def test_saved_model_reloads_with_its_tokenizer(small_tokenizer, tmp_path: Path)
     from ibllm_agent.model import ImageBindLLM
 
     tok, _ = small_tokenizer
-    model = build_model(tok, DemoRecipe(hidden=32, layers=1, heads=2, intermediate=64, context_length=128))
+    model = build_model(tok, DemoRecipe(hidden=32, layers=1, heads=2, intermediate=64, context_length=128,
+                                         induction_init=False))
     model.save_pretrained(tmp_path / "m")
     again = ImageBindLLM.from_pretrained(tmp_path / "m", device="cpu")
     assert again.config.prompt_template == "alpaca" and again.config.lora_rank == 0
