@@ -149,6 +149,34 @@ def test_tokenizer_keeps_copied_values_alike(small_tokenizer):
     assert values > 50
 
 
+def test_a_word_is_the_same_tokens_after_a_space_and_inside_a_name(small_tokenizer):
+    """The space is a piece of its own, so an invented function's noun in a request (``the gurite``)
+    is the run of tokens that its name (``count_gurite``) and the answer hold."""
+    tok, _ = small_tokenizer
+    space = tok.encode(" ", bos=False)
+    for word in ("gurite", "temuka", "lanzosol", "tokyo"):
+        after_space = tok.encode(f"count the {word}", bos=False)
+        in_name = tok.encode(f"count_{word}", bos=False)
+        word_ids = tok.encode(word, bos=False)
+        assert after_space[-len(word_ids) - len(space):] == space + word_ids
+        assert in_name[-len(word_ids):] == word_ids
+
+
+def test_shown_tool_descriptions_become_single_pieces(tmp_path: Path, calls):
+    from ibllm_agent.tools.catalog import RUNTIME_DESCRIPTIONS
+    from ibllm_agent.training.demo import description_pieces
+
+    edge = RUNTIME_DESCRIPTIONS["Edge Detection On Image"]
+    pairs = [tool_pair(c["prompt"], c["output"], c["prefill"]) for c in calls[:80]]
+    pairs.append((format_prompt(f"TOOLS:\n> Edge Detection On Image: {edge}\n\nFind the edges.", None, "alpaca"),
+                  " Thought: Do I need to use a tool? Yes"))
+    pieces = description_pieces(pairs)
+    assert pieces == [edge.replace(" ", "▁")]  # only what the prompts show: held-out tools stay words
+    tok = train_tokenizer(pairs, tmp_path / "t.model", 700, pieces=pieces)
+    assert len(tok.encode(edge, bos=False)) == 1
+    assert tok.decode(tok.encode(pairs[-1][0])) == pairs[-1][0]
+
+
 def test_fixed_template_lines_are_single_pieces(small_tokenizer):
     from ibllm_agent.training.demo import fixed_pieces
 

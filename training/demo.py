@@ -3,8 +3,9 @@
 ``python -m ibllm_agent.training.demo OUT [--minutes 20]`` regenerates the model that ships as
 ``--model demo``: it writes the seeded synthetic data set (``training.synthetic``) and the
 LangChain-shaped generic calls (``training.calls``), trains a SentencePiece BPE on the very prompts
-the model will see (word pieces, so copies tokenise alike; the fixed template lines are single
-pieces, so the GPT4Tools prompt costs ~250 tokens instead of ~750), builds an ``ImageBindLLM`` around a small LLaMA (tiny ImageBind, closed gates), trains the LM
+the model will see (a copy is the same tokens as its source; fixed template lines and shown tool
+descriptions are single pieces), builds an ``ImageBindLLM`` around a small LLaMA whose initial weights
+hold an induction circuit (``training.induction``; tiny ImageBind, closed gates), trains the LM
 from scratch (``training.lm``) within the time budget, saves it and scores the held-out splits with
 the evaluation harness (``metrics.json`` beside the checkpoint).
 
@@ -57,8 +58,8 @@ class DemoRecipe:
     eval_reserve_s: float = 45.0
     lm: LMStageConfig = field(default_factory=lambda: LMStageConfig(
         steps=20000, max_len=640, prompt_loss_weight=0.5, autocast="bfloat16"))
-    # No copy warm-up (``LMStageConfig.copy_steps``): in the 20-minute budget it has not formed induction
-    # heads (0.26 copy accuracy after 475 steps) and it costs the pairs' steps (see the README).
+    # No copy warm-up (``LMStageConfig.copy_steps``): the induction init gives the copy heads at step 0;
+    # a trained warm-up formed them for one seed in five within the budget (see the README).
 
 
 # -- pairs ---------------------------------------------------------------------------------------------
@@ -201,14 +202,28 @@ def fixed_pieces(min_chars: int = 12) -> list[str]:
     return sorted((line.replace(" ", "\u2581") for line in lines), key=lambda x: (-len(x), x))
 
 
+def description_pieces(pairs: list[tuple[str, str]]) -> list[str]:
+    """The registered tools' descriptions that the training prompts show (``tools.catalog``), each to be
+    one piece (``▁`` for spaces): the model learns what a listed tool does from its requests, and a
+    tool line costs its name's words plus one token. Tools the data holds out stay words."""
+    from ibllm_agent.tools.catalog import PROJECT_DESCRIPTIONS, RUNTIME_DESCRIPTIONS
+
+    shown = {d for d in [*RUNTIME_DESCRIPTIONS.values(), *PROJECT_DESCRIPTIONS.values()]
+             if any(f": {d}\n" in p for p, _ in pairs)}
+    return sorted(d.replace(" ", "\u2581") for d in shown)
+
+
 def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int, *, max_docs: int | None = None,
-                    seed: int = 0):
-    """A BPE that keeps copies copies: word pieces (``split_by_whitespace``), so a file name, an
-    object or a function name tokenises the same in the request, in the tool list and in the answer
-    and the model can learn to copy tokens (with multi-word pieces, ``red diamond`` was one piece in the
-    request and ``a red`` + ``diamond`` in the answer: 0.72 of the answers' spans appeared verbatim
-    among the prompt's tokens, against 0.99 now). The fixed template lines (``fixed_pieces``) are
-    user-defined pieces, so the long GPT4Tools prompt stays cheap (~20 pieces for its fixed text).
+                    seed: int = 0, pieces: list[str] = ()):
+    """A BPE under which a copy is the same run of tokens as its source. Word pieces with the space
+    as a piece of its own (``▁`` is a user-defined piece): ``gurite`` is the same tokens in the request
+    ``count the gurite``, in the tool list ``count_gurite`` and in the answer, and a file name, an
+    object or a value likewise, so the model copies tokens (with multi-word pieces, ``red diamond`` was
+    one piece in the request and ``a red`` + ``diamond`` in the answer: 0.72 of the answers' spans
+    appeared verbatim among the prompt's tokens; with ``▁``-prefixed words 0.99, but ``▁gu`` in a
+    request is not ``gu`` after ``count_``). The fixed template lines (``fixed_pieces``) and ``pieces``
+    (``description_pieces``) are single pieces, so the GPT4Tools prompt stays cheap (~210 tokens a pair
+    on the demo data, against ~260 with ``▁``-prefixed words and ~210 with multi-word pieces).
     No dummy prefix: a prompt string tokenises the same alone as at the start of a longer text, so the
     response tokens the model learns after a prompt are the ones it must produce there.
     ``max_docs``: train on a seeded sample of that many pairs plus every pair with non-ASCII text (so
@@ -220,8 +235,9 @@ def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int, *,
         rng = random.Random(f"tokenizer-{seed}")
         rare = [d for d in docs if not d.isascii()]
         docs = rng.sample([d for d in docs if d.isascii()], max(0, max_docs - len(rare))) + rare
+    symbols = sorted({*fixed_pieces(), *pieces, "\u2581"}, key=lambda x: (-len(x), x))
     return train_sentencepiece(docs, out, vocab_size, by_line=False, options={
-        "split_by_whitespace": True, "user_defined_symbols": fixed_pieces(), "max_sentencepiece_length": 64,
+        "split_by_whitespace": True, "user_defined_symbols": symbols, "max_sentencepiece_length": 64,
         "max_sentence_length": 1 << 16, "add_dummy_prefix": False, "input_sentence_size": 0,
     })
 
@@ -270,7 +286,7 @@ def run(out: Path, recipe: DemoRecipe | None = None, *, work: Path | None = None
         pairs = (synthetic_pairs(data, recipe) + call_pairs(generate_calls(recipe.call_episodes, recipe.seed))
                  + copy_pairs(recipe.copy_pairs, recipe.seed))
         tokenizer = train_tokenizer(pairs, work / "tokenizer.model", recipe.vocab_size,
-                                    max_docs=recipe.tokenizer_docs, seed=recipe.seed)
+                                    max_docs=recipe.tokenizer_docs, seed=recipe.seed, pieces=description_pieces(pairs))
         examples = encode_pairs(tokenizer, pairs, recipe.lm.max_len)
         if recipe.budget_s is not None:
             left = recipe.budget_s - (time.monotonic() - start) - recipe.eval_reserve_s
@@ -295,7 +311,7 @@ def recipe_dict(recipe: DemoRecipe) -> dict[str, Any]:
 
 
 __all__ = ["DemoRecipe", "build_model", "call_pairs", "evaluate", "run", "synthetic_pairs", "tool_pair",
-           "fixed_pieces", "train_tokenizer", "with_prefill"]
+           "description_pieces", "fixed_pieces", "train_tokenizer", "with_prefill"]
 
 
 def main(argv: list[str] | None = None) -> int:
