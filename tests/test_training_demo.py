@@ -239,7 +239,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_encode_pairs_marks_the_prompt_and_drops_long_pairs(small_tokenizer):
-    tok, pairs = small_tokenizer
+    tok, _ = small_tokenizer
     ex = encode_pairs(tok, [("### Response:", " Thought: yes"), ("x " * 400, "y")], max_len=64)
     assert len(ex) == 1
     (e,) = ex

@@ -310,8 +310,8 @@ def recipe_dict(recipe: DemoRecipe) -> dict[str, Any]:
     return asdict(recipe)
 
 
-__all__ = ["DemoRecipe", "build_model", "call_pairs", "evaluate", "run", "synthetic_pairs", "tool_pair",
-           "description_pieces", "fixed_pieces", "train_tokenizer", "with_prefill"]
+__all__ = ["DemoRecipe", "build_model", "call_pairs", "description_pieces", "evaluate", "fixed_pieces", "run",
+           "synthetic_pairs", "tool_pair", "train_tokenizer", "with_prefill"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,11 @@ Residual stream layout at init (``hidden`` = 128; the sizes below scale with it)
 
 RoPE: the previous-token head uses the fast rotary pairs (its score peaks at distance 1 because its
 key is its query turned by one position's angle); the induction heads match codes over the slow
-pairs only, which barely turn over the context (``rope_theta`` = 1e6 gives 8 of 16 such pairs per
-32-dim head), so their match does not depend on the distance. Every other output projection (other
-heads, all MLPs, the layers above 1) starts at zero: the stream holds exactly this circuit, and the
-rest grows from zero as training asks (zero-initialised residual branches).
+pairs only, which barely turn over the context (``rope_theta`` = 1e6 gives 7 of 16 such pairs per
+32-dim head at a 1k context), so their match does not depend on the distance. The embeddings and
+lm_head rows are the codes; the other heads, the MLPs and the layers above 1 keep their (small) random
+init, or with ``zero_rest`` start as zero branches, so the stream holds exactly the circuit (in the
+demo recipe that trained worse: val_seen SR 0.70 against 0.78).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def _orthonormal_rows(rows: int, cols: int, gen: torch.Generator) -> torch.Tenso
 
 @torch.no_grad()
 def induction_init(lm, *, seed: int = 0, prev_gap: float = 10.0, match_scale: float = 2.0,
-                   fast_pairs: int = 4, slow_threshold: float = 0.6, zero_rest: bool = True) -> None:
+                   fast_pairs: int = 4, slow_threshold: float = 0.6, zero_rest: bool = False) -> None:
     """Write a previous-token head (layer 0, head 0) and induction heads (every head of layer 1) into
-    ``lm`` (a ``LlamaForCausalLM`` with ≥ 2 layers and head_dim ≥ 16), and zero every other output
-    projection. ``prev_gap``: logit margin of the previous-token head between distance 1 and 0/2.
+    ``lm`` (a ``LlamaForCausalLM`` with ≥ 2 layers and hidden ≥ 64); the embeddings become the token
+    codes. ``zero_rest``: also zero every other output projection and the rest of lm_head. ``prev_gap``: logit margin of the previous-token head between distance 1 and 0/2.
     ``match_scale``: sharpness of the induction match. ``slow_threshold``: most radians a rotary
     pair may turn over the context length to count as slow."""
     cfg = lm.config
