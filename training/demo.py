@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def description_pieces(pairs: list[tuple[str, str]]) -> list[str]:
 
 
 def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int, *, max_docs: int | None = None,
-                    seed: int = 0, pieces: list[str] = ()):
+                    seed: int = 0, pieces: Sequence[str] = ()):
     """A BPE under which a copy is the same run of tokens as its source. Word pieces with the space
     as a piece of its own (``▁`` is a user-defined piece): ``gurite`` is the same tokens in the request
     ``count the gurite``, in the tool list ``count_gurite`` and in the answer, and a file name, an
