@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+from ibllm_agent.training.lm import identity_layers
 
 from ibllm_agent.errors import ConfigError
 
@@ -47,8 +48,8 @@ def induction_init(lm, *, seed: int = 0, prev_gap: float = 10.0, match_scale: fl
                    fast_pairs: int = 4, slow_threshold: float = 0.6, zero_rest: bool = False) -> None:
     """Write a previous-token head (layer 0, head 0) and induction heads (every head of layer 1) into
     ``lm`` (a ``LlamaForCausalLM`` with ≥ 2 layers and hidden ≥ 64); the embeddings become the token
-    codes. ``zero_rest``: also zero every other output projection and the rest of lm_head. ``prev_gap``: logit margin of the previous-token head between distance 1 and 0/2.
-    ``match_scale``: sharpness of the induction match. ``slow_threshold``: most radians a rotary
+    codes. ``zero_rest``: also zero every other output projection and the rest of lm_head.
+    ``prev_gap``: logit margin of the previous-token head between distance 1 and 0/2. ``match_scale``: sharpness of the induction match. ``slow_threshold``: most radians a rotary
     pair may turn over the context length to count as slow."""
     cfg = lm.config
     d, heads = cfg.hidden_size, cfg.num_attention_heads
@@ -72,9 +73,7 @@ def induction_init(lm, *, seed: int = 0, prev_gap: float = 10.0, match_scale: fl
     emb.zero_()
     emb[:, T], emb[:, C] = code, 1.0
     if zero_rest:
-        for layer in lm.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
+        identity_layers(lm, 0)  # every residual branch adds nothing until training grows it
     rms = math.sqrt((n_tok + 1) / d)          # RMSNorm of an embedding row: x̂ = x / rms
     to_prev = _orthonormal_rows(n_code, n_tok, gen)                         # A, [32, n_tok]
 
