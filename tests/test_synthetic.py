@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from ibllm_agent.training.synthetic import SPLIT_FILES, SyntheticConfig, generate
 from ibllm_agent.training.synthetic.__main__ import main as synthetic_main
+from ibllm_agent.training.synthetic.media import SHAPES
 from ibllm_agent.training.synthetic.tool_table import (
     DEFAULT_HELDOUT_TOOLS,
     MODALITY_FIND_TOOL,
@@ -131,6 +132,45 @@ def test_modality_decides_the_tool(data):
         shown = set(_TOOL_LINE.findall(x["instruction"]))
         assert len(shown & {TRANSCRIBE, VIDEO_DETECT, "Get Photo Description", "Detect the Give Object"}) >= 2
         assert f"named {attached}." in x["instruction"]
+
+
+def test_video_requests_that_name_an_object_ask_the_detector_for_it(data):
+    """``Detect Objects In Video`` takes an optional vocabulary: the object goes into the call exactly
+    when the request names it (plain wordings like "Track the {obj} in {file}." as well as the ambiguous
+    "find" ones), and never otherwise."""
+    named = unnamed = 0
+    for split in ("train", "val"):
+        for x in _load(data, split):
+            if x["target"].get("tool") != VIDEO_DETECT or x["step"] != 0:
+                continue
+            request = _NEW_INPUT.search(x["instruction"]).group(1)
+            args = x["target"]["args"]
+            assert args["video_path"] == x["media"][0]["path"]
+            obj = args.get("vocabulary")
+            if obj is None:
+                unnamed += 1
+                assert not re.search(rf"\w+ (?:{'|'.join(SHAPES)})", request)
+            else:
+                named += 1
+                assert obj in request and x["output"].endswith(f", {obj}\nObservation:")
+    assert named and unnamed
+
+
+def test_train_mix_reweights_the_train_split_only(data, tmp_path):
+    out = tmp_path / "functions"
+    generate(out, SyntheticConfig(seed=3, **SMALL, train_mix={"function": 1.0}))
+    assert {x["kind"] for x in _load(out, "train")} == {"function"}
+    for split in ("val", "test"):
+        assert _load(out, split) == _load(data, split)
+    with pytest.raises(ConfigError, match="unknown episode kind"):
+        SyntheticConfig(train_mix={"dance": 1.0}).check()
+    cli = tmp_path / "cli"
+    assert synthetic_main([str(cli), "--seed", "3", *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()],
+                           "--train-mix", "function=1"]) == 0
+    assert _load(cli, "train") == _load(out, "train")
+    assert synthetic_main([str(tmp_path / "bad"), "--train-mix", "function"]) == 2
+    with pytest.raises(ConfigError, match="non-negative"):
+        SyntheticConfig(train_mix={"tool": -1.0, "function": 2.0}).check()
 
 
 def test_function_calls_use_random_names_and_schemas(data):

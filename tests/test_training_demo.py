@@ -24,6 +24,7 @@ from langchain_core.tools import tool
 
 from ibllm_agent import protocol as P
 from ibllm_agent.chat import ChatImageBindLLM
+from ibllm_agent.errors import ConfigError
 from ibllm_agent.testing import ScriptedGenerator
 
 # Names and wordings of LangChain's standard integration tests: the generic data must not contain them.
@@ -220,8 +221,6 @@ def test_induction_init_copies_before_any_training(small_tokenizer):
 
 
 def test_induction_init_needs_slow_rotary_pairs(small_tokenizer):
-    from ibllm_agent.errors import ConfigError
-
     tok, _ = small_tokenizer
     with pytest.raises(ConfigError, match="rope_theta"):
         build_model(tok, DemoRecipe(hidden=128, layers=2, heads=4, intermediate=256, rope_theta=1e4))
@@ -267,6 +266,39 @@ def test_lm_stage_trains_a_model_that_answers_after_the_rendered_prompt(small_to
         assert out.strip() == response.strip()
     # The stage trains the LM only: the bind network is untouched.
     assert all(torch.equal(a, b) for a, b in zip(before, model.bind.parameters()))
+
+
+@pytest.mark.slow  # ~40 s: two spawned processes import the stack and train
+def test_two_processes_train_the_callers_model_in_place(small_tokenizer):
+    """``processes=2``: rank 0 trains the caller's tensors through shared memory (the pairs are answered
+    by the model object passed in), the other rank a copy DDP keeps equal, and the figures count both."""
+    tok, _ = small_tokenizer
+    pairs = [tool_pair("Use frob on 12.", "Action: frob_tal\nAction Input: 12"),
+             tool_pair("Hello there.", "Thought: Do I need to use a tool? No\nAI: Hi!")]
+    model = build_model(tok, DemoRecipe(hidden=64, layers=2, heads=2, intermediate=128, context_length=256))
+    before = model.lm.lm_head.weight.detach().clone()
+    cfg = LMStageConfig(steps=150, batch_tokens=512, lr=1e-2, min_lr=1e-3, warmup=5, seed=0, processes=2)
+    stats = train_lm(model, encode_pairs(tok, pairs, 256), cfg, log=None)
+    assert stats["steps"] == 150 and stats["processes"] == 2 and stats["replicas_equal"]
+    assert stats["response_loss"] < 0.1 and not torch.equal(before, model.lm.lm_head.weight)
+    assert model.config.phase == "inference"
+    for prompt, response in pairs:
+        assert model.generate(prompt, sampling=_greedy(32)).text.strip() == response.strip()
+    with pytest.raises(ConfigError, match="one process"):
+        train_lm(model, encode_pairs(tok, pairs, 256), LMStageConfig(steps=1, copy_steps=5, processes=2), log=None)
+
+
+@pytest.mark.slow  # ~1 min: one Inductor compilation of the small model
+def test_compiled_steps_train_and_leave_the_plain_module(small_tokenizer, tmp_path: Path):
+    tok, _ = small_tokenizer
+    pairs = [tool_pair("Use frob on 12.", "Action: frob_tal\nAction Input: 12")]
+    model = build_model(tok, DemoRecipe(hidden=64, layers=2, heads=2, intermediate=128, context_length=256))
+    lm = model.lm
+    stats = train_lm(model, encode_pairs(tok, pairs, 256),
+                     LMStageConfig(steps=60, batch_tokens=256, lr=1e-2, warmup=5, compile=True), log=None)
+    assert model.lm is lm and stats["response_loss"] < 0.5
+    model.save_pretrained(tmp_path / "m")  # the checkpoint keys are the plain module's
+    assert not any("_orig_mod" in k for k in model.lm.state_dict())
 
 
 def test_repeat_rows_are_predictable_only_by_copying():

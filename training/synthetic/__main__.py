@@ -28,10 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-tool", action="append", default=None, metavar="NAME",
                    help=f"tool held out of training for the unseen split (repeatable; default: "
                         f"{', '.join(d.heldout_tools)}); one of the registered names")
+    p.add_argument("--train-mix", action="append", default=None, metavar="KIND=WEIGHT",
+                   help="the train split's episode mix (repeatable; kinds: tool, chain, modality, no_tool, "
+                        f"function; default: the val/test mix {d.mix})")
     a = p.parse_args(argv)
+    train_mix = None
+    if a.train_mix:
+        try:
+            train_mix = {k.strip(): float(w) for k, w in (item.split("=", 1) for item in a.train_mix)}
+        except ValueError:
+            print(f"error: --train-mix takes KIND=WEIGHT, got {a.train_mix}", file=sys.stderr)
+            return 2
     cfg = SyntheticConfig(seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, n_chat=a.n_chat,
                           media_train=a.media_train, media_eval=a.media_eval, names_train=a.names_train,
-                          heldout_tools=tuple(a.heldout_tool) if a.heldout_tool else d.heldout_tools)
+                          heldout_tools=tuple(a.heldout_tool) if a.heldout_tool else d.heldout_tools,
+                          train_mix=train_mix)
     try:
         manifest = generate(a.out, cfg)
     except IbllmError as exc:

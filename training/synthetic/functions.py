@@ -27,11 +27,14 @@ _PARAMS = {
 }
 _STRINGS = ["paris", "blue", "apple", "meters", "alpha", "tokyo", "green", "kilograms", "music", "river"]
 # (train templates, held-out templates); {purpose} = "the noun", {args} = "p1 v1 and p2 v2". Each held-out
-# sentence reuses a train phrase ("What is the {noun}", "Call the right tool") in a new sentence.
+# sentence reuses a train phrase ("What is the {noun}", "Call the right tool") in a new sentence. Most
+# train wordings name the noun only: the verb must then be read off the offered line with that noun, a
+# lookup a small model learns late (with 2 of 6 such wordings it guessed the verb on ~2/3 of them).
 _REQUESTS = (
     ["Please {verb} the {noun} for {args}.", "Use {name} with {args}.", "I need the {noun}: {args}.",
      "Can you {verb} the {noun} given {args}?", "What is the {noun} for {args}?",
-     "Call the right tool: {verb} the {noun} for {args}."],
+     "Call the right tool: {verb} the {noun} for {args}.", "Tell me the {noun} for {args}.",
+     "Give me the {noun} with {args}.", "The {noun} for {args}, please."],
     ["What is the {noun} when {args}? Use a tool.", "Call the right tool to {verb} the {noun} with {args}."],
 )
 

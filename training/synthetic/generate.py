@@ -66,6 +66,8 @@ class SyntheticConfig:
     # episode mix (relative weights) for train/val
     mix: dict[str, float] = field(default_factory=lambda: {
         "tool": 0.35, "chain": 0.1, "modality": 0.2, "no_tool": 0.15, "function": 0.2})
+    # the train split's own mix (None: ``mix``): more practice on a kind without changing what val measures
+    train_mix: dict[str, float] | None = None
 
     def check(self) -> None:
         unknown = [t for t in self.heldout_tools if t not in all_tool_names()]
@@ -74,11 +76,14 @@ class SyntheticConfig:
         if min(self.n_train, self.n_val, self.n_test, self.n_chat, self.names_train) < 0 or \
                 min(self.media_train, self.media_eval) < 1:
             raise ConfigError("counts must be >= 0 and media pools >= 1")
-        if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise ConfigError(f"mix weights must be non-negative with a positive sum, got {self.mix}")
-        bad = set(self.mix) - {"tool", "chain", "modality", "no_tool", "function"}
-        if bad:
-            raise ConfigError(f"unknown episode kind(s) in mix: {sorted(bad)}")
+        for mix in (self.mix, self.train_mix):
+            if mix is None:
+                continue
+            if not mix or any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0:
+                raise ConfigError(f"mix weights must be non-negative with a positive sum, got {mix}")
+            bad = set(mix) - {"tool", "chain", "modality", "no_tool", "function"}
+            if bad:
+                raise ConfigError(f"unknown episode kind(s) in mix: {sorted(bad)}")
 
 
 def _rng(cfg: SyntheticConfig, *parts: Any) -> random.Random:
@@ -143,7 +148,8 @@ def _episode(cfg: SyntheticConfig, split: str, i: int, pools: dict[str, list[dic
                   else U.video_episode(rng, pick("video"), "train", seen, "plain"))
             return ep
         return U.image_episode(rng, pick("image"), tool, "train", seen + held)
-    kinds, weights = zip(*cfg.mix.items())
+    mix = cfg.train_mix if split == "train" and cfg.train_mix is not None else cfg.mix
+    kinds, weights = zip(*mix.items())
     kind = rng.choices(kinds, weights)[0]
     if kind == "function":
         return function_episode(rng, "train", split)

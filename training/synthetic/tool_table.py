@@ -99,8 +99,10 @@ _SINGLE: dict[str, list[str]] = {
                                             "Please paint {text} for me."],
     TRANSCRIBE: ["Transcribe {file}.", "What does the speaker say in {file}?", "Write down what is said in this recording.",
                  "Give me the text of this recording.", "Give me the text of {file}."],
+    # With ``{obj}``, the object is the call's second (optional) field: a request that names one asks for it.
     VIDEO_DETECT: ["Which objects appear in {file}?", "Detect the objects in {file}.", "What shows up in this video?",
-                   "List the objects in this clip.", "List the objects in the clip {file}."],
+                   "List the objects in this clip.", "Track the {obj} in {file}.", "Does a {obj} show up in {file}?",
+                   "When does the {obj} appear in {file}?", "List the objects in the clip {file}."],
 }
 _CONDITIONAL = ["Generate a real image of {text} from the {cond} of {file}.",
                 "Use the {cond} of {file} to make a new image of {text}.",
@@ -110,7 +112,8 @@ _CONDITIONAL = ["Generate a real image of {text} from the {cond} of {file}.",
 MODALITY_TEMPLATES = {
     "what": ["What is going on in {file}?", "Analyze {file} for me.", "What can you tell me about {file}?",
              "Tell me about the attachment {file}."],
-    "find": ["Find the {obj} in {file}.", "Look for a {obj} in {file}.", "Is there a {obj} in {file}?"],
+    "find": ["Find the {obj} in {file}.", "Look for a {obj} in {file}.", "Search {file} for a {obj}.",
+             "Can you spot a {obj} in {file}?", "Is there a {obj} in {file}?"],
 }
 MODALITY_TOOL = {"audio": TRANSCRIBE, "video": VIDEO_DETECT, "image": CAPTION}
 MODALITY_FIND_TOOL = {"video": VIDEO_DETECT, "image": DETECT}

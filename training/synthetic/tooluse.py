@@ -192,8 +192,9 @@ def video_episode(rng: random.Random, item: dict[str, Any], split: str, pool: li
         user = _fill(rng.choice(modality_templates("what", split)), file=item["name"])
         values = [item["name"]]
     else:
-        user = _fill(rng.choice(templates(VIDEO_DETECT, split)), file=item["name"])
-        values = [item["name"]]
+        template = rng.choice(templates(VIDEO_DETECT, split))
+        user = _fill(template, file=item["name"], obj=label)
+        values = [item["name"], label] if "{obj}" in template else [item["name"]]
     score = rng.uniform(0.5, 0.95)
     obs = f"{label}: seen in 8 frames from 0.0 s to 0.9 s, max score {score:.2f}"
     step = _step(VIDEO_DETECT, values, obs)
