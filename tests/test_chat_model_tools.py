@@ -383,7 +383,7 @@ def _aggregate(chunks):
 
 def test_stream_tool_call():
     out = f"{YES}\nAction: Answer Question About The Image\nAction Input: image/a.png, what, really?\nObservation: x"
-    _, chat = chat_for(out, out)
+    _, chat = chat_for(out, out, out, out)
     bound = chat.bind_tools(TOOLS)
     chunks = list(bound.stream("x"))
     reasoning = [c.additional_kwargs["reasoning_content"] for c in chunks if c.additional_kwargs.get("reasoning_content")]
@@ -391,13 +391,22 @@ def test_stream_tool_call():
     tc_chunks = [c for c in chunks if c.tool_call_chunks]
     assert len(tc_chunks) == 1
     [tcc] = tc_chunks[0].tool_call_chunks
-    assert tcc["index"] == 0 and json.loads(tcc["args"]) == {"image_path": "image/a.png", "question": "what, really?"}
+    # index 1: the call is the message's second content block, after the reasoning
+    assert tcc["index"] == 1 and json.loads(tcc["args"]) == {"image_path": "image/a.png", "question": "what, really?"}
     assert all(c.content == "" for c in chunks)
     assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["total_tokens"] > 0
     full = _aggregate(chunks)
     invoked = bound.invoke("x")
     assert [(t["name"], t["args"]) for t in full.tool_calls] == [(t["name"], t["args"]) for t in invoked.tool_calls]
     assert full.response_metadata["raw_text"] == invoked.response_metadata["raw_text"]
+    # output_version="v1": the streamed message's content blocks are the invoked one's (the call is a
+    # block of its own, not folded into the reasoning block)
+    v1 = chat.model_copy(update={"output_version": "v1"}).bind_tools(TOOLS)
+    streamed, called = _aggregate(list(v1.stream("x"))), v1.invoke("x")
+    assert [b["type"] for b in streamed.content_blocks] == [b["type"] for b in called.content_blocks] == [
+        "reasoning", "tool_call"]
+    assert [(b["name"], b["args"]) for b in streamed.content_blocks if b["type"] == "tool_call"] == [
+        ("Answer Question About The Image", {"image_path": "image/a.png", "question": "what, really?"})]
 
 
 def test_stream_answer_streams_content_in_pieces():

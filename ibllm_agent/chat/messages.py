@@ -104,11 +104,15 @@ def event_chunks(kind: str, value: Any, fields: dict[str, Any] | None) -> Iterat
     elif kind == "reasoning":
         yield ChatGenerationChunk(message=AIMessageChunk(content="", additional_kwargs={"reasoning_content": value}))
     elif kind == "step" and fields is not None:
-        for tc in fields["tool_calls"]:
-            chunk = {"name": tc["name"], "args": json.dumps(tc["args"]), "id": tc["id"], "index": 0}
+        # A call's index is its content block's place in the message: after the reasoning block when
+        # the step had a Thought (with output_version="v1" LangChain merges blocks of equal index, so
+        # a call at 0 would be folded into the reasoning block).
+        first = 1 if fields.get("reasoning") else 0
+        for i, tc in enumerate(fields["tool_calls"]):
+            chunk = {"name": tc["name"], "args": json.dumps(tc["args"]), "id": tc["id"], "index": first + i}
             yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[chunk]))
-        for tc in fields["invalid_tool_calls"]:
-            chunk = {"name": tc["name"], "args": tc["args"], "id": tc["id"], "index": 0}
+        for i, tc in enumerate(fields["invalid_tool_calls"], start=first + len(fields["tool_calls"])):
+            chunk = {"name": tc["name"], "args": tc["args"], "id": tc["id"], "index": i}
             # Aggregating chunks rebuilds invalid_tool_calls with error=None (LangChain re-parses
             # tool_call_chunks), so the reason travels in additional_kwargs, keyed by call id.
             yield ChatGenerationChunk(message=AIMessageChunk(
