@@ -1,7 +1,8 @@
 """The LM stage in several CPU processes on one machine: DDP over gloo, gradients averaged.
 
 A model as small as the demo LLaMA leaves PyTorch's intra-op threads idle much of a step: on 2 cores,
-two 1-thread processes run ~1.4× the tokens/s of one 2-thread process (``benchmarks/train.py``).
+two 1-thread processes run 1.13× the tokens/s of one 2-thread process, 1.27× when compiled
+(``benchmarks/demo_lm.py``).
 ``train_lm`` hands over here when ``LMStageConfig.processes`` > 1:
 
 - every process draws the same batch order and takes every ``world``-th batch of

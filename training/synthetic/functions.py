@@ -29,7 +29,8 @@ _STRINGS = ["paris", "blue", "apple", "meters", "alpha", "tokyo", "green", "kilo
 # (train templates, held-out templates); {purpose} = "the noun", {args} = "p1 v1 and p2 v2". Each held-out
 # sentence reuses a train phrase ("What is the {noun}", "Call the right tool") in a new sentence. Most
 # train wordings name the noun only: the verb must then be read off the offered line with that noun, a
-# lookup a small model learns late (with 2 of 6 such wordings it guessed the verb on ~2/3 of them).
+# lookup a small model learns late (the demo model read it right for ~0.4 of noun-only requests with 2
+# of 6 such wordings, ~0.5 with 5 of 9).
 _REQUESTS = (
     ["Please {verb} the {noun} for {args}.", "Use {name} with {args}.", "I need the {noun}: {args}.",
      "Can you {verb} the {noun} given {args}?", "What is the {noun} for {args}?",

@@ -63,7 +63,7 @@ class SyntheticConfig:
     names_train: int = 0
     n_chat: int = 200  # records in each of alpaca / llava / sharegpt
     heldout_tools: tuple[str, ...] = DEFAULT_HELDOUT_TOOLS
-    # episode mix (relative weights) for train/val
+    # episode mix (relative weights) of the val split, and of the train split unless ``train_mix`` is set
     mix: dict[str, float] = field(default_factory=lambda: {
         "tool": 0.35, "chain": 0.1, "modality": 0.2, "no_tool": 0.15, "function": 0.2})
     # the train split's own mix (None: ``mix``): more practice on a kind without changing what val measures
