@@ -204,14 +204,21 @@ def match_tool_name(name: str, names: Sequence[str], cutoff: float = 0.8) -> str
 
 
 # -- arguments -----------------------------------------------------------------------------------------
-def _coerce(value: str, schema: Mapping[str, Any], tool: str, param: str) -> Any:
-    """Convert one comma-split string to the parameter's JSON type."""
+def json_kind(schema: Mapping[str, Any]) -> str | None:
+    """A parameter's JSON type: ``type`` (the first non-null of a list, e.g. ``["string", "null"]``),
+    else the first non-null ``anyOf`` member's; None when the schema names none."""
     kind = schema.get("type")
-    if isinstance(kind, list):  # e.g. ["string", "null"]
+    if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind is None and "anyOf" in schema:
         kinds = [s.get("type") for s in schema["anyOf"] if isinstance(s, Mapping)]
         kind = next((k for k in kinds if k and k != "null"), "string")
+    return kind if isinstance(kind, str) else None
+
+
+def _coerce(value: str, schema: Mapping[str, Any], tool: str, param: str) -> Any:
+    """Convert one comma-split string to the parameter's JSON type."""
+    kind = json_kind(schema)
     try:
         if kind == "integer":
             return int(value)
@@ -262,7 +269,7 @@ def map_arguments(raw: str, tool: ToolSpec | Mapping[str, Any]) -> dict[str, Any
             obj = None
         if isinstance(obj, dict) and obj and set(obj) <= set(names):
             return obj
-    stripped = _unquote(raw)
+    stripped = unquote(raw)
     if len(names) == 1:
         _check_filled(spec, names[0], stripped, names[0] in set(spec.required), raw)
         return {names[0]: _coerce(stripped, props[names[0]], spec.name, names[0])}
@@ -275,7 +282,7 @@ def map_arguments(raw: str, tool: ToolSpec | Mapping[str, Any]) -> dict[str, Any
             f"({', '.join(required)}), got {0 if not stripped else len(pieces)}: {raw!r}"
         )
     # The first n_fill-1 fields take one piece each; the last filled field takes the remainder.
-    values = [_unquote(p) for p in pieces[: n_fill - 1]] + [_unquote(",".join(pieces[n_fill - 1 :]))]
+    values = [unquote(p) for p in pieces[: n_fill - 1]] + [unquote(",".join(pieces[n_fill - 1 :]))]
     for name, value in zip(names[:n_fill], values):
         _check_filled(spec, name, value, name in set(spec.required), raw)
     return {
@@ -292,7 +299,7 @@ def _check_filled(spec: ToolSpec, name: str, value: str, required: bool, raw: st
         )
 
 
-def _unquote(text: str, *, strip: bool = True) -> str:
+def unquote(text: str, *, strip: bool = True) -> str:
     """``text`` without matching pairs of surrounding quotes (``"…"``, ``'…'`` or backticks), removed
     symmetrically: a quote without its partner stays, so the tool (or the workspace) reports the
     value as written instead of a silently different one."""
@@ -366,7 +373,7 @@ def parse_step(text: str) -> ParsedStep:
     if ai_first >= 0 and not (m and m.end() <= ai_first):
         return ParsedStep("final", raw, thought, answer=raw[ai_last + len(AI_PREFIX) + 1 :].strip())
     if m:
-        action, action_input = m.group(1).strip(), _unquote(m.group(2).strip(" "), strip=False)
+        action, action_input = m.group(1).strip(), unquote(m.group(2).strip(" "), strip=False)
         if not action:
             return ParsedStep("invalid", raw, thought, "", action_input, error="empty tool name after 'Action:'")
         return ParsedStep("action", raw, thought, action, action_input)
@@ -552,9 +559,10 @@ def render_prompt(
 def prefill_for(tool_choice: str | None, tools: Sequence[ToolSpec]) -> str:
     """Text forced at the start of the model's answer for a ``tool_choice``.
 
-    ``"any"``/``"required"`` → the ``Yes`` thought and ``Action: `` (and, with one tool, its name);
-    a tool name → the ``Yes`` thought, ``Action: {name}`` and ``Action Input: ``; ``"none"`` → the
-    ``No`` thought and ``AI:``; ``None``/``"auto"`` → nothing.
+    ``"any"``/``"required"`` → the ``Yes`` thought and ``Action:`` (and, with one tool, its name);
+    a tool name → the ``Yes`` thought, ``Action: {name}`` and ``Action Input:``; ``"none"`` → the
+    ``No`` thought and ``AI:``; ``None``/``"auto"`` → nothing. A prefill ends at the colon: the
+    space after it belongs to the model's next token (SentencePiece ``▁value``), as in training.
     """
     if tool_choice in (None, "auto", ""):
         return ""
@@ -562,9 +570,20 @@ def prefill_for(tool_choice: str | None, tools: Sequence[ToolSpec]) -> str:
         return f"{THOUGHT_NO}\n{AI_PREFIX}:"
     if tool_choice in ("any", "required"):
         if len(tools) == 1:
-            return f"{THOUGHT_YES}\nAction: {tools[0].name}\nAction Input: "
-        return f"{THOUGHT_YES}\nAction: "
-    return f"{THOUGHT_YES}\nAction: {tool_choice}\nAction Input: "
+            return f"{THOUGHT_YES}\nAction: {tools[0].name}\nAction Input:"
+        return f"{THOUGHT_YES}\nAction:"
+    return f"{THOUGHT_YES}\nAction: {tool_choice}\nAction Input:"
+
+
+def join_prefill(prefill: str, text: str) -> str:
+    """``prefill`` + the model's continuation, with the space after a prefill's final colon restored.
+
+    A prefill ends at a colon (``Action:``) and the model's next token carries the space
+    (SentencePiece ``▁value``); a SentencePiece decoder drops the leading space of the first piece it
+    decodes, so the completion reads ``value``: the protocol line is ``Action: value``."""
+    if prefill.endswith(":") and text and not text[0].isspace():
+        return f"{prefill} {text}"
+    return prefill + text
 
 
 def tool_choice_name(tool_choice: Any) -> str | None:

@@ -40,13 +40,19 @@ class Media:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Decoding settings. Defaults are the reference's (T=0.1, top_p=0.75); temperature 0 = greedy."""
+    """Decoding settings. Defaults are the reference's (T=0.1, top_p=0.75); temperature 0 = greedy.
+
+    ``guide``: guided decoding (``ibllm_agent.model.guidance``): one ``Guide`` for every prompt of a
+    call, one (or None) per prompt, or None (free decoding). The chat model passes a
+    ``StepGuide`` (``ibllm_agent.step_grammar``) when tools are bound.
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.1
     top_p: float = 0.75
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    guide: Any = None
 
 
 @dataclass(frozen=True)

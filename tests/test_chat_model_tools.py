@@ -316,28 +316,39 @@ def test_full_history_is_trimmed_to_the_context():
 
 # -- tool_choice ---------------------------------------------------------------------------------------
 def test_tool_choice_any_prefills_and_parses_prefill_plus_continuation():
-    gen, chat = chat_for("Get Photo Description\nAction Input: image/a.png")
+    gen, chat = chat_for(" Get Photo Description\nAction Input: image/a.png")
     msg = chat.bind_tools(TOOLS, tool_choice="any").invoke("x")
-    assert gen.calls[0][0].endswith("step by step.\n" + f"{YES}\nAction: ")
+    assert gen.calls[0][0].endswith("step by step.\n" + f"{YES}\nAction:")
     assert msg.tool_calls[0]["args"] == {"image_path": "image/a.png"}
     assert msg.response_metadata["raw_text"] == f"{YES}\nAction: Get Photo Description\nAction Input: image/a.png"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_continuation_that_lost_its_leading_space_still_reads_after_the_prefill(stream):
+    """A SentencePiece decoder drops the first piece's leading space (``▁Get`` → ``Get``): the
+    protocol line is still ``Action: Get …``, invoked or streamed."""
+    gen, chat = chat_for("Get Photo Description\nAction Input: image/a.png")
+    bound = chat.bind_tools(TOOLS, tool_choice="any")
+    msg = _aggregate(list(bound.stream("x"))) if stream else bound.invoke("x")
+    assert msg.response_metadata["raw_text"] == f"{YES}\nAction: Get Photo Description\nAction Input: image/a.png"
+    assert msg.tool_calls[0]["args"] == {"image_path": "image/a.png"}
 
 
 @pytest.mark.parametrize("template,marker", [("vicuna_v1_5", "step by step.\nASSISTANT: "),
                                              ("alpaca", "### Response: ")])
 def test_prefill_follows_the_answer_marker_after_a_space(template, marker):
     # Trained text is "ASSISTANT: Thought: …": without the space the forced tokens differ from training.
-    gen, chat = chat_for("Get Photo Description\nAction Input: image/a.png", template=template)
+    gen, chat = chat_for(" Get Photo Description\nAction Input: image/a.png", template=template)
     msg = chat.bind_tools(TOOLS, tool_choice="any").invoke("x")
-    assert gen.calls[0][0].endswith(f"{marker}{YES}\nAction: ")
+    assert gen.calls[0][0].endswith(f"{marker}{YES}\nAction:")
     assert msg.response_metadata["raw_text"].startswith(YES)  # the separator is not part of the answer
     assert msg.tool_calls[0]["args"] == {"image_path": "image/a.png"}
 
 
 def test_tool_choice_name_and_single_tool_any_prefill_the_input_line():
-    gen, chat = chat_for("image/a.png, is it red, or blue?", "image/b.png")
+    gen, chat = chat_for(" image/a.png, is it red, or blue?", " image/b.png")
     msg = chat.bind_tools(TOOLS, tool_choice="Answer Question About The Image").invoke("x")
-    assert gen.calls[0][0].endswith(f"{YES}\nAction: Answer Question About The Image\nAction Input: ")
+    assert gen.calls[0][0].endswith(f"{YES}\nAction: Answer Question About The Image\nAction Input:")
     assert msg.tool_calls[0]["args"] == {"image_path": "image/a.png", "question": "is it red, or blue?"}
     msg = chat.bind_tools([caption], tool_choice="required").invoke("x")
     assert msg.tool_calls[0] == {**msg.tool_calls[0], "name": "Get Photo Description", "args": {"image_path": "image/b.png"}}
@@ -367,10 +378,10 @@ def test_structured_output_via_tools():
         text: str
         confidence: float
 
-    gen, chat = chat_for("a cat, 0.9")
+    gen, chat = chat_for(" a cat, 0.9")
     out = chat.with_structured_output(Answer).invoke("x")
     assert out == Answer(text="a cat", confidence=0.9)
-    assert gen.calls[0][0].endswith(f"{YES}\nAction: Answer\nAction Input: ")
+    assert gen.calls[0][0].endswith(f"{YES}\nAction: Answer\nAction Input:")
 
 
 # -- streaming -----------------------------------------------------------------------------------------

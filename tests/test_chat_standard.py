@@ -1,12 +1,14 @@
-"""LangChain's standard chat-model suites on ``ChatImageBindLLM(preset="tiny")``.
+"""LangChain's standard chat-model suites on ``ChatImageBindLLM(preset="demo")``: the shipped demo
+model (``ibllm_agent/data/demo``, trained by ``training/demo.py`` on generic data only).
 
-The tiny preset has random weights: it emits arbitrary tokens, so every standard test that needs the
-*model* to decide something (call a tool, follow a JSON schema) is marked xfail (not run) below with
-the reason — the suites' required form for an overridden standard test; the protocol behind those
-features is tested with a scripted generator in ``tests/test_chat_model*.py``. Everything about
-plumbing (init, invoke/stream/batch/async, usage metadata, message histories, image/audio inputs
-reaching the model) runs against the real tiny model; the suites' sample-media downloads are served
-locally generated files (tests run offline).
+Nothing is marked xfail: tool calling (sync/async), ``tool_choice``, structured output, Unicode
+arguments and the agent loop pass because the demo model learned the GPT4Tools protocol and generic
+function calling from invented functions (``training/calls.py``; the suite's own names and prompts
+are kept out of the data, ``tests/test_training_demo.py`` checks that), decoded as the chat model
+always decodes a step: guided (``StepGuide``: the Action among the bound tools, the Action Input
+in the tool's schema). Plumbing tests (init, invoke/stream/batch/async, usage metadata, message
+histories, image/audio inputs reaching the model) run on the same model; the suites' sample-media
+downloads are served locally generated files (tests run offline).
 
 Tests the suites skip by themselves, from the flags below: test_init_from_env (no API key or env
 settings: the model is local), test_serdes (not LangChain-serialisable: it holds a loaded torch
@@ -27,13 +29,7 @@ from ibllm_agent.chat import ChatImageBindLLM
 # The suites' async tests are plain `async def`; the langchain repos run them with asyncio_mode=auto.
 pytestmark = pytest.mark.asyncio
 
-PARAMS = {"preset": "tiny", "max_new_tokens": 12, "seed": 0}  # seeded: a random model must not hit EOS by chance
-
-RANDOM_MODEL = (
-    "the tiny preset has random weights: it cannot produce a GPT4Tools 'Action:' step or a schema-valid "
-    "answer, so this test (which needs the model to choose a tool call) cannot pass; the protocol is "
-    "covered by tests/test_chat_model_tools.py over a scripted generator"
-)
+PARAMS = {"preset": "demo", "max_new_tokens": 64, "seed": 0}
 
 
 class _Capabilities:
@@ -66,7 +62,7 @@ class _Capabilities:
 
     @property
     def supports_json_mode(self) -> bool:
-        # No constrained JSON decoding; structured output goes through the tool protocol.
+        # No JSON mode: structured output goes through the tool protocol (a guided, schema-fitted step).
         return False
 
     @property
@@ -149,34 +145,3 @@ class TestChatImageBindLLMIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def supported_usage_metadata_details(self) -> dict:
         return {"invoke": [], "stream": []}
-
-    # -- tests that need the model itself to decide on a tool call ---------------------------------
-    # (xfail with run=False, the suite's required way to mark an overridden standard test.)
-    # A random tiny model answers the GPT4Tools prompt with noise: with tool_choice="any" and several
-    # tools nothing names the tool, and free-text arguments never fit typed schemas (int, JSON). The
-    # machinery these tests exercise (bind_tools, prefill for tool_choice, parsing, streaming tool
-    # call chunks, create_agent loops) is tested with a scripted generator in
-    # tests/test_chat_model_tools.py and tests/test_chat_model_agent.py.
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_tool_calling(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    async def test_tool_calling_async(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_tool_choice(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_structured_output(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    async def test_structured_output_async(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_structured_output_pydantic_2_v1(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_agent_loop(self) -> None: ...
-
-    @pytest.mark.xfail(reason=RANDOM_MODEL, run=False)
-    def test_unicode_tool_call_integration(self) -> None: ...

@@ -109,14 +109,39 @@ def test_eval_tools_bad_gt(cli, tmp_path):
     assert result.exit_code == 2 and "is not valid JSON" in result.output
 
 
+def test_guided_predict_gives_each_prompt_the_names_it_offers():
+    from ibllm_agent import protocol as P
+    from ibllm_agent.evaluation.runner import predict
+    from ibllm_agent.types import Generation
+
+    seen = []
+
+    class Recorder:
+        prompt_template = "raw"
+
+        def generate(self, prompt, media=None, *, sampling=None, cache=None):
+            seen.append(sampling.guide)
+            return Generation(text="x")
+
+    prompts = [P.render_prompt([P.ToolSpec("a_b"), P.ToolSpec("Get Photo Description")], "q"),
+               P.render_prompt([P.ToolSpec("c")], "q"), "a prompt without a tool list"]
+    predict(Recorder(), prompts, [[], [], []], guided=True)
+    assert [list(g.tools) if g else None for g in seen] == [["a_b", "Get Photo Description"], ["c"], None]
+    assert not any(g.arguments for g in seen if g)
+    seen.clear()
+    predict(Recorder(), prompts, [[], [], []])
+    assert seen == [None, None, None]
+
+
 @pytest.mark.slow
-def test_tiny_model_batched_equals_single(gt_file):
+@pytest.mark.parametrize("guided", [False, True])
+def test_tiny_model_batched_equals_single(gt_file, guided):
     from ibllm_agent.evaluation.runner import load_generator
 
     gen = load_generator("tiny")
     gt = json.loads(gt_file.read_text())
-    single = predict_tools(gen, gt, gt_file.parent, batch_size=1, max_new_tokens=6)
-    batched = predict_tools(gen, gt, gt_file.parent, batch_size=3, max_new_tokens=6)
+    single = predict_tools(gen, gt, gt_file.parent, batch_size=1, max_new_tokens=6, guided=guided)
+    batched = predict_tools(gen, gt, gt_file.parent, batch_size=3, max_new_tokens=6, guided=guided)
     assert single == batched and len(batched) == 3
     report = score_tools(gt, {r["id"]: r["output"] for r in batched})
     assert report["n"] == 3 and all(0.0 <= report[k] <= 1.0 for k in ("SR_t", "SR_act", "SR_args", "SR", "IoU"))

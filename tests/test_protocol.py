@@ -350,11 +350,20 @@ def test_prefill_for_tool_choice():
     assert P.prefill_for(None, [CAPTION, VQA]) == ""
     assert P.prefill_for("auto", [CAPTION, VQA]) == ""
     assert P.prefill_for("none", [CAPTION]) == "Thought: Do I need to use a tool? No\nAI:"
-    assert P.prefill_for("any", [CAPTION, VQA]) == "Thought: Do I need to use a tool? Yes\nAction: "
+    # Prefills end at the colon: the space is part of the model's next token (SentencePiece "▁value").
+    assert P.prefill_for("any", [CAPTION, VQA]) == "Thought: Do I need to use a tool? Yes\nAction:"
     assert P.prefill_for("any", [CAPTION]) == (
-        "Thought: Do I need to use a tool? Yes\nAction: Get Photo Description\nAction Input: "
+        "Thought: Do I need to use a tool? Yes\nAction: Get Photo Description\nAction Input:"
     )
-    assert P.prefill_for(VQA.name, [CAPTION, VQA]).endswith(f"Action: {VQA.name}\nAction Input: ")
+    assert P.prefill_for(VQA.name, [CAPTION, VQA]).endswith(f"Action: {VQA.name}\nAction Input:")
+
+
+def test_join_prefill_restores_the_space_after_a_final_colon():
+    assert P.join_prefill("Action Input:", "5") == "Action Input: 5"
+    assert P.join_prefill("Action Input:", " 5") == "Action Input: 5"
+    assert P.join_prefill("Action Input:", "\n") == "Action Input:\n"
+    assert P.join_prefill("Action Input:", "") == "Action Input:"
+    assert P.join_prefill("", "Thought") == "Thought"
 
 
 def test_tool_choice_name_forms():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from ibllm_agent.prompts import format_prompt
-from ibllm_agent.training.calls import GENERATORS, generate_calls
+from ibllm_agent.training.calls import GENERATORS, byte_level, generate_calls
 from ibllm_agent.training.demo import DemoRecipe, build_model, tool_pair, train_tokenizer
 from ibllm_agent.training.lm import (
     LMStageConfig,
@@ -62,7 +62,7 @@ def _tools_of(prompt: str) -> dict[str, P.ToolSpec]:
 
 def test_every_call_sample_parses_to_a_schema_valid_step(calls):
     for c in calls:
-        step = P.parse_step(c["prefill"] + c["output"])
+        step = P.parse_step(P.join_prefill(c["prefill"], c["output"]))
         shown = _tools_of(c["prompt"])
         if step.kind == "final":
             assert c["output"].startswith(P.THOUGHT_NO) and step.answer
@@ -76,9 +76,11 @@ def test_every_call_sample_parses_to_a_schema_valid_step(calls):
         if "should be an integer" in line:
             int(step.action_input)
     uni = [c for c in calls if c["kind"] == "unicode" and not c["output"].startswith(P.THOUGHT_NO)]
-    for c in uni:
-        name = P.parse_step(c["prefill"] + c["output"]).action_input.split(",")[0]
+    names = [P.parse_step(P.join_prefill(c["prefill"], c["output"])).action_input.split(",")[0] for c in uni]
+    for c, name in zip(uni, names):
         assert name and name in c["prompt"] and not name.isascii()
+    # names in the tokenizer's alphabets and names it spells in byte pieces (random CJK / kana / Hangul)
+    assert any(byte_level(n) for n in names) and any(not byte_level(n) for n in names)
 
 
 def test_training_prompt_is_what_the_chat_model_sends():
@@ -418,6 +420,7 @@ def test_recipe_retrains_a_smaller_variant(tmp_path):
     seen = metrics["eval"]["val_seen"]
     assert seen["n"] > 0 and 0.0 <= seen["SR"] <= 1.0
     assert set(seen["by_modality"]) and set(seen["by_kind"])
+    assert seen["guided"]["n"] == seen["n"] and set(seen["guided"]["by_kind"]) == set(seen["by_kind"])
     reloaded = ImageBindLLM.from_pretrained(tmp_path / "model", device="cpu")
     assert reloaded.config.prompt_template == "alpaca" and reloaded.tokenizer.vocab_size == 1024
 
@@ -433,4 +436,9 @@ def test_tokenizer_sample_keeps_every_non_ascii_pair(tmp_path: Path, calls):
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "t.model"))
     pieces = [sp.id_to_piece(i) for i in tok.encode("ваыфъ", bos=False)]
     assert pieces and not any(p.startswith("<0x") for p in pieces)
+    # ... except names in random CJK / kana / Hangul characters: left out, so they stay byte pieces
+    pairs.append(("Name: ", "ваыфъ 冀蠡"))
+    tok = train_tokenizer(pairs, tmp_path / "t2.model", 600, max_docs=30, seed=1)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "t2.model"))
+    assert all(sp.id_to_piece(i).startswith("<0x") for i in tok.encode("冀蠡", bos=False))
     assert tok.decode(tok.encode(pairs[0][0] + pairs[0][1])) == pairs[0][0] + pairs[0][1]

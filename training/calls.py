@@ -70,6 +70,9 @@ _SCRIPTS = [
     "αβγδεζηθικλμνξοπρστυφχψω",
     "éèêàçñüöäßøå",
 ]
+_SCRIPT_CHARS = frozenset("".join(_SCRIPTS))
+# CJK ideographs, hiragana, katakana, Hangul syllables: blocks whose random characters are byte pieces.
+_BYTE_BLOCKS = [(0x4E00, 0x9FA5), (0x4E00, 0x9FA5), (0x3041, 0x3096), (0x30A1, 0x30FA), (0xAC00, 0xD7A3)]
 _KINDS = ["bakery", "software firm", "design studio", "shipping company", "book shop", "travel agency",
           "tea house", "robotics lab"]
 _ADJ = ["local", "small", "new", "family", "global", "young"]
@@ -211,19 +214,41 @@ def record_samples(rng: random.Random) -> list[dict[str, Any]]:
     return [_sample("record", [fn], user, full[len(prefill):], prefill)]
 
 
+def foreign_name(rng: random.Random) -> str:
+    """A name in another script: letters of one ``_SCRIPTS`` alphabet (single pieces of the demo
+    tokenizer), or, for half of them, random characters of a CJK / kana / Hangul block, which the
+    tokenizer never sees (``byte_level``) and so spells in UTF-8 byte pieces: copying those is copying
+    2–6 runs of three byte tokens each, as any name outside the tokenizer's alphabet must be."""
+    if rng.random() < 0.5:
+        script = rng.choice(_SCRIPTS)
+        return "".join(rng.choice(script) for _ in range(rng.randint(2, 6)))
+    lo, hi = rng.choice(_BYTE_BLOCKS)
+    return "".join(chr(rng.randint(lo, hi)) for _ in range(rng.randint(2, 6)))
+
+
+def byte_level(text: str) -> bool:
+    """Whether ``text`` holds a character of ``_BYTE_BLOCKS`` outside the ``_SCRIPTS`` alphabets (the
+    demo tokenizer is trained without such texts, so these characters stay byte pieces)."""
+    return any(ord(c) >= 0x3000 and c not in _SCRIPT_CHARS for c in text)
+
+
 def unicode_samples(rng: random.Random) -> list[dict[str, Any]]:
-    script = rng.choice(_SCRIPTS)
-    name = "".join(rng.choice(script) for _ in range(rng.randint(2, 6)))
-    noun = rng.choice(["client", "member", "supplier", "partner", "vendor", "guest", "patron"])
-    verb = rng.choice(["add", "register", "create", "new", "make"])
-    key = f"{noun}_name"
-    fn = Fn(f"{verb}_{noun}", f"Tool for adding a {noun} with a name in any language.",
-            ((key, "string"), ("details", "string")))
+    name = foreign_name(rng)
+    noun = rng.choice(["client", "member", "supplier", "partner", "vendor", "guest", "patron", "tenant", "buyer"])
+    verb = rng.choice(["add", "register", "create", "new", "make", "enroll", "save"])
+    key = rng.choice([f"{noun}_name", f"{noun}_name", "name", "full_name", "title", "label"])
+    other = rng.choice(["details", "description", "notes", "about", "info"])
+    desc = rng.choice([f"Tool for adding a {noun} with a name in any language.", f"Creates a new {noun} record.",
+                       f"Registers a {noun} by name.", f"Stores a {noun} and a short note about it.",
+                       f"Adds a {noun} to the books.", f"Tool that makes a {noun} entry from a name."])
+    fn = Fn(f"{verb}_{noun}", desc, ((key, "string"), (other, "string")))
     kind = f"{rng.choice(_ADJ)} {rng.choice(_KINDS)}"
-    q = rng.choice(["'{}'", '"{}"', "«{}»", "{}"]).format(name)
-    user = rng.choice(["Add a {n} named {q} - a {k}", "Register the {n} {q}, a {k}.",
-                       "Create a {n} called {q} (a {k})", "Please make a new {n} named {q} - a {k}"]
-                      ).format(n=noun, q=q, k=kind)
+    q = rng.choice(["'{}'", "'{}'", '"{}"', "«{}»", "{}"]).format(name)
+    gloss = rng.choice(["", "", f" ({_word(rng).capitalize()} {rng.choice(['Group', 'Co', 'Ltd', 'House'])})"])
+    user = rng.choice(["Add a {n} named {q}{g} - a {k}", "Register the {n} {q}{g}, a {k}.",
+                       "Create a {n} called {q}{g} (a {k})", "Please make a new {n} named {q}{g} - a {k}",
+                       "Create a {n} named {q}{g} - a {k}", "Set up the {n} {q}{g}: a {k}.",
+                       "New {n} {q}{g}, which is a {k}."]).format(n=noun, q=q, g=gloss, k=kind)
     tools = [fn, *_distractors(rng, {fn.name}, rng.randint(0, 2))]
     prefill, rest = _forcing(rng, tools, fn, f"{name}, a {kind}")
     return [_sample("unicode", tools, user, rest, prefill)]
@@ -297,4 +322,4 @@ def generate_calls(n_episodes: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["GENERATORS", "generate_calls"]
+__all__ = ["GENERATORS", "byte_level", "foreign_name", "generate_calls"]

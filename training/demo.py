@@ -84,13 +84,14 @@ def tool_pair(instruction: str, output: str, prefill: str = "") -> tuple[str, st
 
 
 def _forced_variants(rng: random.Random, item: dict[str, Any]) -> list[tuple[str, str]]:
-    """A GPT4Tools action sample as it reads after ``tool_choice=NAME`` / ``"any"`` prefills."""
+    """A GPT4Tools action sample as it reads after ``tool_choice=NAME`` / ``"any"`` prefills (of several
+    tools: ``Action:``, the name is the model's)."""
     out = item["output"]
     tool = (item.get("target") or {}).get("tool")
     if not tool or not out.startswith(P.THOUGHT_YES):
         return []
     by_name = P.prefill_for(tool, [])
-    anyone = f"{P.THOUGHT_YES}\nAction: "
+    anyone = P.prefill_for("any", [])
     prefill = by_name if rng.random() < 0.5 else anyone
     if not out.startswith(prefill):
         return []
@@ -127,7 +128,7 @@ def copy_pairs(n: int, seed: int) -> list[tuple[str, str]]:
     numbers, places, names in other scripts. The tool-use answers are mostly such copies (the file
     from the request, the tool from the list, the value from the request); a small model learns the
     copying itself far faster from many short sequences than from long prompts alone."""
-    from ibllm_agent.training.calls import _PLACES, _SCRIPTS
+    from ibllm_agent.training.calls import _PLACES, foreign_name
 
     rng = random.Random(f"copy-{seed}")
 
@@ -143,8 +144,7 @@ def copy_pairs(n: int, seed: int) -> list[tuple[str, str]]:
             return str(rng.randint(0, 9999))
         if kind == 3:
             return rng.choice(_PLACES)
-        script = rng.choice(_SCRIPTS)
-        return "".join(rng.choice(script) for _ in range(rng.randint(2, 5)))
+        return foreign_name(rng)
 
     out = []
     for _ in range(n):
@@ -236,7 +236,11 @@ def train_tokenizer(pairs: list[tuple[str, str]], out: Path, vocab_size: int, *,
     each script keeps its pieces); the sample's statistics are the whole set's."""
     from ibllm_agent.model.tokenizer import train_sentencepiece
 
-    docs = [p + r for p, r in pairs]
+    from ibllm_agent.training.calls import byte_level
+
+    # Texts with characters the tokenizer must leave to byte pieces (names in random CJK / kana /
+    # Hangul characters) are not trained on: with full character coverage each would become a piece.
+    docs = [p + r for p, r in pairs if not byte_level(p + r)]
     if max_docs is not None and len(docs) > max_docs:
         rng = random.Random(f"tokenizer-{seed}")
         rare = [d for d in docs if not d.isascii()]
@@ -254,7 +258,9 @@ EVAL_SPLITS = {"val_seen": "gpt4tools_val_seen.json", "test_unseen": "gpt4tools_
 
 def evaluate(model, data_dir: Path, *, batch_size: int = 16, limit: int | None = None) -> dict[str, Any]:
     """The GPT4Tools metrics of ``model`` on the held-out splits (``eval tools --model`` in process):
-    overall, per ``kind``, and per attached ``modality`` (its SR_act is the tool-choice accuracy)."""
+    overall, per ``kind``, and per attached ``modality`` (its SR_act is the tool-choice accuracy), for
+    free decoding (as GPT4Tools evaluates), and under ``"guided"`` the same for guided decoding
+    (``eval tools --guided``: each Action chosen among the offered names, as the chat model decodes)."""
     from ibllm_agent.evaluation.runner import load_gt, predict_tools, score_tools
     from ibllm_agent.model import ImageBindLLM
     from ibllm_agent.multimodal import MultimodalLLM
@@ -264,11 +270,14 @@ def evaluate(model, data_dir: Path, *, batch_size: int = 16, limit: int | None =
     report: dict[str, Any] = {}
     for split, name in EVAL_SPLITS.items():
         gt = load_gt(data_dir / name)[:limit]
-        preds = {p["id"]: p["output"] for p in predict_tools(model, gt, data_dir, batch_size=batch_size,
-                                                              max_new_tokens=64)}
-        result = score_tools(gt, preds, by="modality")
-        result["by_kind"] = score_tools(gt, preds, by="kind")["by_kind"]
-        report[split] = result
+        results = []
+        for guided in (False, True):
+            preds = {p["id"]: p["output"] for p in predict_tools(model, gt, data_dir, batch_size=batch_size,
+                                                                  max_new_tokens=64, guided=guided)}
+            result = score_tools(gt, preds, by="modality")
+            result["by_kind"] = score_tools(gt, preds, by="kind")["by_kind"]
+            results.append(result)
+        report[split] = {**results[0], "guided": results[1]}
     return report
 
 
@@ -344,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe.lm.steps = args.steps
     metrics = run(args.out, recipe, work=args.work, log=lambda m: print(m, flush=True))
     for split, rep in metrics["eval"].items():
-        print(split, {k: round(rep[k], 4) for k in ("SR_t", "SR_act", "SR_args", "SR", "IoU")}, "n", rep["n"])
+        for mode, r in (("free", rep), ("guided", rep["guided"])):
+            print(split, mode, {k: round(r[k], 4) for k in ("SR_t", "SR_act", "SR_args", "SR", "IoU")}, "n", r["n"])
     return 0
 
 

