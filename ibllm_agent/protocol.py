@@ -414,6 +414,15 @@ def media_name(modality: str, source: Any) -> str:
     return f"{folder}/{digest}{_MODALITY_EXT.get(modality, '.bin')}"
 
 
+_FILE_NAME_RE = re.compile(r"(?<![\w/.-])(?:image|audio|video|point|imu|text)/[\w-]+\.[A-Za-z0-9]+")
+
+
+def file_names(text: str) -> list[str]:
+    """The workspace-style file names (``image/ab12cd34.png``, ``audio/….wav`` …: ``media_name``'s
+    folders) that ``text`` mentions, in order of first mention."""
+    return list(dict.fromkeys(m.rstrip(".") for m in _FILE_NAME_RE.findall(text)))
+
+
 def default_description(modality: str) -> str:
     """The ``Description:`` used when nothing captioned an attachment. (ImageBind-LLM receives the
     attachment itself; the announcement mainly tells the protocol the file's name.)"""

@@ -12,7 +12,9 @@ but once it has said ``Thought: Do I need to use a tool? Yes``:
    booleans and enums are held to their form, a required value may not be empty, the line may not
    end before every required value is there (a value the model ends early is closed by the ``,``
    separator), numbers stop at 17 characters, and only the last parameter, when it is a string, takes the remaining commas —
-   exactly what ``protocol.map_arguments`` accepts.
+   exactly what ``protocol.map_arguments`` accepts. A file parameter (a string named ``*_path``,
+   GPT4Tools' ``image_path`` / ``audio_path`` / ``video_path``), when the guide knows the files the
+   conversation names (``files``), takes one of them, chosen like the tool name: each scored whole.
 
 A guide is built per call from the tools shown in the prompt (``StepGuide(tools, prefill)``) or,
 for raw GPT4Tools prompts, from the prompt's ``[names]`` list (``StepGuide.from_prompt``; names
@@ -49,14 +51,18 @@ class StepGuide:
     """The grammar of one GPT4Tools step over ``tools`` (see the module docstring).
 
     ``prefill``: text forced before the generated completion (the chat model's ``tool_choice``
-    prefill); the grammar reads ``protocol.join_prefill(prefill, completion)``.
+    prefill); the grammar reads ``protocol.join_prefill(prefill, completion)``. ``files``: the
+    workspace file names a file parameter may take (the chat model passes those its prompt names,
+    ``protocol.file_names``); empty: file parameters are plain strings.
     """
 
-    def __init__(self, tools: Sequence[P.ToolSpec | Mapping[str, Any]], prefill: str = "", *, arguments: bool = True):
+    def __init__(self, tools: Sequence[P.ToolSpec | Mapping[str, Any]], prefill: str = "", *, arguments: bool = True,
+                 files: Sequence[str] = ()):
         specs = [P.tool_spec(t) for t in tools]
         self.tools = {t.name: t for t in specs}
         self.prefill = prefill
         self.arguments = arguments
+        self.files = tuple(files)
 
     @classmethod
     def from_prompt(cls, prompt: str) -> StepGuide | None:
@@ -85,6 +91,9 @@ class StepGuide:
         if len(after) == 2 and after[1].startswith(_INPUT):
             tool = self.tools.get(_action_name(after[0]))
             rest = after[1][len(_INPUT):]
+            files = self._file_choice(tool, rest)
+            if files:
+                return Choose(lines[yes + 1] + "\n" + after[1], files)
             if not self._args_ok(tool, rest, complete=True) and self._args_ok(tool, rest + ",", complete=False):
                 instead = ","
         return Filter(self._viable, end_ok=self._viable(text + "\n", closed=True), instead_of_end=instead)
@@ -120,6 +129,24 @@ class StepGuide:
             )
         return line.startswith(_INPUT) and self._args_ok(self.tools[name], line[len(_INPUT):], complete=True)
 
+    def _file_choice(self, tool: P.ToolSpec | None, rest: str) -> tuple[str, ...]:
+        """Options for a file parameter whose value starts right after ``rest`` (``Action Input:`` or a
+        comma): `` {file}`` followed by ``,`` when a later value is required, ``\n`` when none is
+        left, either when the rest is optional. Empty when the next value is not a file's."""
+        if not (self.arguments and self.files and tool is not None) or (rest and not rest.endswith(",")):
+            return ()
+        names = tool.param_names
+        k = rest.count(",") if len(names) > 1 else (0 if not rest else len(names))
+        if k >= len(names) or not _is_file_param(names[k], tool.parameters["properties"][names[k]]):
+            return ()
+        required = set(tool.required)
+        ends = []
+        if k < len(names) - 1:
+            ends.append(",")
+        if not any(n in required for n in names[k + 1:]):
+            ends.append("\n")
+        return tuple(f" {f}{end}" for f in self.files for end in ends)
+
     def _args_ok(self, tool: P.ToolSpec | None, rest: str, *, complete: bool) -> bool:
         """``rest`` (after ``Action Input:``) can still be (``complete``: is) a valid argument string."""
         if rest and not rest.startswith(" ") or rest.startswith("  "):
@@ -138,8 +165,16 @@ class StepGuide:
             done = complete or k < len(fields) - 1
             if not _value_ok(value, props[names[k]], done=done, required=names[k] in required, first=k == 0):
                 return False
+            if self.files and _is_file_param(names[k], props[names[k]]):
+                value = value[1:] if k and value.startswith(" ") else value
+                if not (value in self.files if done else any(f.startswith(value) for f in self.files)):
+                    return False
         need = max((i + 1 for i, n in enumerate(names) if n in required), default=0)
         return not complete or len(fields) >= need
+
+
+def _is_file_param(name: str, schema: Any) -> bool:
+    return name.endswith("_path") and P.json_kind(schema if isinstance(schema, Mapping) else {}) in ("string", None)
 
 
 def _yes_line(lines: list[str]) -> int | None:

@@ -73,6 +73,9 @@ def test_three_turns_image_and_two_tool_calls(tmp_path, plugin):
 
         r3 = agent.send("t1", "Thanks!")
         assert r3.answer == "You're welcome." and r3.tool_calls == [] and r3.files == []
+        # Guided decoding offers file parameters exactly the thread's workspace files at each call:
+        # the attachment, then also the edge map the tool wrote (WorkspaceFilesMiddleware).
+        assert [c[2].guide.files for c in gen.calls] == [(name,)] * 3 + [tuple(sorted([name, edge_file]))] * 2
         # GPT4Tools history policy: the last exchange is in the prompt.
         assert f"Human: Detect the edges of {name}\nAI: Result saved as {edge_file}" in gen.calls[4][0]
 

@@ -127,3 +127,45 @@ def test_from_prompt_reads_the_offered_names():
     guide = StepGuide.from_prompt(prompt)
     assert list(guide.tools) == ["get_weather", "Get Photo Description"] and not guide.arguments
     assert StepGuide.from_prompt("no tools here") is None
+
+
+# -- file parameters -------------------------------------------------------------------------------------
+SPEECH = P.ToolSpec("Transcribe Speech From Audio", "", {
+    "type": "object", "properties": {"audio_path": {"type": "string"}, "language": {"type": "string"}},
+    "required": ["audio_path"]})
+VQA = P.ToolSpec("Answer Question About The Image", "", {
+    "type": "object", "properties": {"image_path": {"type": "string"}, "question": {"type": "string"}},
+    "required": ["image_path", "question"]})
+FILES = ("audio/ab12cd34.wav", "image/9f8e7d6c.png")
+
+
+def test_a_file_parameter_is_a_choice_among_the_known_files():
+    guide = StepGuide([SPEECH, VQA, NOTE], files=FILES)
+    rule = guide.constraint(f" {YES}\nAction: Transcribe Speech From Audio\nAction Input:")
+    # `language` is optional: the name may end the line or be followed by a comma
+    assert isinstance(rule, Choose) and set(rule.options) == {
+        f" {f}{end}" for f in FILES for end in (",", "\n")}
+    assert rule.anchor == "Action: Transcribe Speech From Audio\nAction Input:"
+    rule = guide.constraint(f" {YES}\nAction: Answer Question About The Image\nAction Input:")
+    assert rule.options == tuple(f" {f}," for f in FILES)  # the question is required
+    # the question after the file is free text; a non-file first value is not a choice
+    assert isinstance(guide.constraint(f" {YES}\nAction: Answer Question About The Image\nAction Input: {FILES[1]},"),
+                      Filter)
+    assert isinstance(guide.constraint(f" {YES}\nAction: note\nAction Input:"), Filter)
+
+
+def test_a_file_value_must_be_known():
+    guide = StepGuide([VQA], files=FILES)
+    head = f" {YES}\nAction: Answer Question About The Image\nAction Input:"
+    assert guide._viable(f"{head} image/9f8e7d6c.png, what is it?\n", closed=True)
+    assert not guide._viable(f"{head} image/00000000.png, what is it?\n", closed=True)
+    assert guide._viable(f"{head} image/9f") and not guide._viable(f"{head} image/00")
+    # no known files: a file parameter is a plain string
+    assert StepGuide([VQA])._viable(f"{head} image/00000000.png, what is it?\n", closed=True)
+    assert StepGuide([VQA]).constraint(head) is None or not isinstance(StepGuide([VQA]).constraint(head), Choose)
+
+
+def test_file_names_in_a_prompt():
+    text = ("Human: Provide an image named image/9f8e7d6c.png. Description: x\nAI: Received.\n"
+            "New input: what does audio/ab12cd34.wav say? compare with image/9f8e7d6c.png, and foo/x.png")
+    assert P.file_names(text) == ["image/9f8e7d6c.png", "audio/ab12cd34.wav"]

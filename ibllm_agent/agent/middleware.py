@@ -175,6 +175,30 @@ class ToolGuardMiddleware(AgentMiddleware):
             _CONTEXT.reset(token)
 
 
+class WorkspaceFilesMiddleware(AgentMiddleware):
+    """Tells a ``ChatImageBindLLM`` the thread's workspace files (its ``files=`` call option), so its
+    guided decoding offers a file parameter exactly the files that exist — not a name the model
+    made up in an earlier answer, and also a tool's output from an earlier turn."""
+
+    def __init__(self, workspace: Workspace):
+        super().__init__()
+        self.workspace = workspace
+
+    def _with_files(self, request: Any) -> Any:
+        from ibllm_agent.chat import ChatImageBindLLM
+
+        if not isinstance(request.model, ChatImageBindLLM):
+            return request
+        files = self.workspace.thread(_thread_id(request.runtime)).files()
+        return request.override(model_settings={**(request.model_settings or {}), "files": files})
+
+    def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return handler(self._with_files(request))
+
+    async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return await handler(self._with_files(request))
+
+
 def _current_turn(messages: Sequence[AnyMessage]) -> list[AnyMessage]:
     for i in range(len(messages) - 1, -1, -1):
         if isinstance(messages[i], HumanMessage):

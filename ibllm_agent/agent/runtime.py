@@ -530,6 +530,7 @@ def build_agent(
         RepairMiddleware,
         StepLimitMiddleware,
         ToolGuardMiddleware,
+        WorkspaceFilesMiddleware,
     )
 
     if max_steps < 1:
@@ -559,7 +560,7 @@ def build_agent(
             tool_list,
             system_prompt=system_prompt,
             middleware=[RepairMiddleware(), StepLimitMiddleware(max_steps), InvalidStepMiddleware(invalid_retries),
-                        ToolGuardMiddleware(ws, pool, limits), *middleware],
+                        ToolGuardMiddleware(ws, pool, limits), WorkspaceFilesMiddleware(ws), *middleware],
             checkpointer=mem.saver,
         )
     except BaseException:

@@ -140,7 +140,9 @@ class ChatImageBindLLM(BaseChatModel):
         model still decides whether to call a tool and what to answer, but once it says ``Yes`` its
         ``Action`` is one of the shown tools (names scored whole, so the model's preference for every
         token of a name counts) and its ``Action Input`` fits the tool's JSON schema in GPT4Tools'
-        comma form (typed values, no missing required value). On the shipped demo model the held-out
+        comma form (typed values, no missing required value); a file parameter (a string named
+        ``*_path``) takes one of the known files, scored whole like the names: those the prompt
+        names, or per call ``files=[...]`` (``build_agent`` passes the thread's workspace files). On the shipped demo model the held-out
         SR (val_seen) is 0.913 decoded freely and 0.957 guided, and ``tool_choice`` / structured
         output always yield a parseable call.
 

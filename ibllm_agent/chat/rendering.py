@@ -87,6 +87,7 @@ def render(
     cache = cache_settings(chat, kwargs.pop("cache", None))
     use_experts = bool(kwargs.pop("experts", True))
     guided = bool(kwargs.pop("guided", chat.guided))
+    files = kwargs.pop("files", None)
     sampling_kw = {k: kwargs.pop(k) for k in SAMPLING_KWARGS if k in kwargs}
     for key in list(kwargs):
         if key.startswith("ls_") or key in _IGNORED_KWARGS:
@@ -94,7 +95,7 @@ def render(
     if kwargs:
         raise ConfigError(
             f"unknown ChatImageBindLLM call option(s) {sorted(kwargs)}; known: tools, tool_choice, "
-            f"modality_weights, cache, experts, guided, {', '.join(SAMPLING_KWARGS)}"
+            f"modality_weights, cache, experts, guided, files, {', '.join(SAMPLING_KWARGS)}"
         )
     if choice == "none" and not tools:
         choice = None
@@ -122,8 +123,6 @@ def render(
     query = "\n".join([convo.text, *(e.human for e in convo.past[-1:])])
     shown = P.select_tools(tools, query, chat.max_tools, required=forced + used)
     prefill = P.prefill_for(choice, shown if choice in ("any", "required") else tools)
-    if guided:
-        sampling = replace(sampling, guide=StepGuide(shown, prefill))
     steps = convo.steps(tools)
     scratchpad = P.render_scratchpad(steps)
 
@@ -160,8 +159,12 @@ def render(
     def with_prefill(prompt: str) -> str:
         return prompt + (" " if prefill and prompt.endswith(":") else "") + prefill
 
+    prompt = with_prefill(tool_prompt(history_text))
+    if guided:  # file parameters take one of the given files, else of those the prompt names
+        known = P.file_names(prompt) if files is None else [str(f) for f in files]
+        sampling = replace(sampling, guide=StepGuide(shown, prefill, files=known))
     return Call(
-        with_prefill(tool_prompt(history_text)), prefill, convo.media, sampling, cache, tools, shown,
+        prompt, prefill, convo.media, sampling, cache, tools, shown,
         with_steps=lambda extra: with_prefill(tool_prompt(history_text, extra)),
     )
 
