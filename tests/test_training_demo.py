@@ -418,7 +418,8 @@ def test_recipe_retrains_a_smaller_variant(tmp_path):
     assert metrics["lm_stage"]["seconds"] >= 60 and metrics["total_seconds"] <= 115
     assert metrics["lm_stage"]["response_loss"] < 2.0  # from ~7 (uniform over the vocabulary)
     seen = metrics["eval"]["val_seen"]
-    assert seen["n"] > 0 and 0.0 <= seen["SR"] <= 1.0
+    # It learned the protocol in 110 s (an untrained model scores 0): measured SR_t 0.84, SR 0.45.
+    assert seen["n"] > 0 and seen["SR_t"] >= 0.5 and seen["SR"] >= 0.15
     assert set(seen["by_modality"]) and set(seen["by_kind"])
     assert seen["guided"]["n"] == seen["n"] and set(seen["guided"]["by_kind"]) == set(seen["by_kind"])
     reloaded = ImageBindLLM.from_pretrained(tmp_path / "model", device="cpu")
