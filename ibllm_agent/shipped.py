@@ -1,10 +1,10 @@
 """The demo model's place inside the package (``--model demo``).
 
 A small ImageBind-LLM trained by our own pipeline (``python -m ibllm_agent.training.demo DIR``) on the
-seeded synthetic data, meant to ship as package data so the whole stack runs offline on a fresh
-install. Its folder holds the usual checkpoint files plus ``metrics.json`` (the recipe and the
-held-out scores it reached). Until a checkpoint meets the bar it is not shipped: ``demo_model_dir``
-then names the missing file and the command that builds it.
+seeded synthetic data, shipped as package data so the whole stack runs offline on a fresh install.
+Its folder holds the usual checkpoint files plus ``metrics.json`` (the recipe and the held-out scores
+it reached). A source tree without it (e.g. a checkpoint removed to rebuild it): ``demo_model_dir``
+names the missing file and the command that builds it.
 """
 
 from __future__ import annotations
