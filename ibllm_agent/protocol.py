@@ -414,7 +414,8 @@ def media_name(modality: str, source: Any) -> str:
     return f"{folder}/{digest}{_MODALITY_EXT.get(modality, '.bin')}"
 
 
-_FILE_NAME_RE = re.compile(r"(?<![\w/.-])(?:image|audio|video|point|imu|text)/[\w-]+\.[A-Za-z0-9]+")
+_FOLDERS = sorted({"image" if m in ("depth", "thermal") else m for m in _MODALITY_EXT})  # media_name's folders
+_FILE_NAME_RE = re.compile(r"(?<![\w/.-])(?:" + "|".join(_FOLDERS) + r")/[\w-]+\.[A-Za-z0-9]+")
 
 
 def file_names(text: str) -> list[str]:
