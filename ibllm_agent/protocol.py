@@ -596,6 +596,11 @@ def join_prefill(prefill: str, text: str) -> str:
     return prefill + text
 
 
+def after_prefill(prefill: str, text: str) -> str:
+    """The model's continuation as it reads after ``prefill`` (``join_prefill`` minus the prefill)."""
+    return join_prefill(prefill, text)[len(prefill):]
+
+
 def tool_choice_name(tool_choice: Any) -> str | None:
     """Normalise LangChain/OpenAI ``tool_choice`` forms to ``None``, a keyword or a tool name."""
     if tool_choice is None or tool_choice is False:

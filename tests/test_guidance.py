@@ -102,27 +102,30 @@ def test_filter_keeps_to_viable_text_and_holds_eos(model):
 
 
 def test_filter_takes_the_separator_when_the_model_would_end_too_early(model):
-    # Nothing but a line end is viable at first; the grammar turns the wish to end into ",".
-    rule = Filter(lambda t: t in (",",), end_ok=False, instead_of_end=",")
-    eos_first = Always(rule)
-
-    class EndFirst:  # a step whose favourite next token is EOS
-        def constraint(self, text):
-            return eos_first.rule if text == "" else None
-
+    """The model's favourite is EOS, which the rule forbids; its likeliest viable token is a letter,
+    and "," is the least likely of all: only the separator swap can produce the comma."""
     tok = model.tokenizer
+    pieces = PieceTable(tok)
+    comma = pieces.find(",")
+    rule = Filter(lambda t: re.fullmatch(r"[ ,a-z]*", t) is not None, end_ok=False, instead_of_end=",")
     prompt_ids = tok.encode(PROMPT, bos=True)
-    eng = model.engine
     step = model._step_for(None)
 
     def eos_step(ids, mask, pos, cache, logits_to_keep=1):
         logits, cache = step(ids, mask, pos, cache, logits_to_keep)
         logits = logits.clone()
         logits[..., tok.eos_id] = 1e4
+        logits[..., comma] = -1e4
         return logits, cache
 
-    out = eng.generate([prompt_ids], Sampling(temperature=0, max_new_tokens=3, guide=EndFirst()), step=eos_step)[0]
-    assert out.text.startswith(",") and out.finish_reason == "eos"
+    def run(instead):
+        guide = Once(Filter(rule.viable, end_ok=False, instead_of_end=instead))
+        return model.engine.generate([prompt_ids], Sampling(temperature=0, max_new_tokens=3, guide=guide),
+                                     step=eos_step)[0]
+
+    swapped, plain = run(","), run(None)
+    assert swapped.token_ids[0] == comma and swapped.finish_reason == "eos"
+    assert plain.token_ids[0] != comma and re.fullmatch(r"[ ,a-z]+", pieces.text(plain.token_ids[0]))
 
 
 def test_batch_rows_keep_their_own_guides(model):

@@ -162,7 +162,7 @@ def test_a_file_value_must_be_known():
     assert guide._viable(f"{head} image/9f") and not guide._viable(f"{head} image/00")
     # no known files: a file parameter is a plain string
     assert StepGuide([VQA])._viable(f"{head} image/00000000.png, what is it?\n", closed=True)
-    assert StepGuide([VQA]).constraint(head) is None or not isinstance(StepGuide([VQA]).constraint(head), Choose)
+    assert isinstance(StepGuide([VQA]).constraint(head), Filter)
 
 
 def test_file_names_in_a_prompt():

@@ -30,7 +30,7 @@ def generate(chat: ChatImageBindLLM, call: Call) -> ChatResult:
     while True:
         with call_lock(chat.model):
             gen = chat.model.generate(call.prompt, call.media, sampling=call.sampling, cache=call.cache)
-        text, cut = cut_at_stop(P.join_prefill(call.prefill, gen.text)[len(call.prefill):], call.sampling.stop)
+        text, cut = cut_at_stop(P.after_prefill(call.prefill, gen.text), call.sampling.stop)
         raw_text = call.prefill + text
         fields = step_message_fields(call, raw_text)
         prompt_tokens += gen.prompt_tokens or chat.model.count_tokens(call.prompt)
@@ -69,7 +69,7 @@ def stream(chat: ChatImageBindLLM, call: Call) -> Iterator[ChatGenerationChunk]:
                 started = False
                 for piece in stream:
                     if piece and not started:  # the first text: the space after a prefill's colon
-                        started, piece = True, P.join_prefill(call.prefill, piece)[len(call.prefill):]
+                        started, piece = True, P.after_prefill(call.prefill, piece)
                     safe = cutter.feed(piece)
                     pieces.append(safe)
                     yield from gate.emit(parser.feed(safe))

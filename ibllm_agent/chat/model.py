@@ -142,9 +142,9 @@ class ChatImageBindLLM(BaseChatModel):
         token of a name counts) and its ``Action Input`` fits the tool's JSON schema in GPT4Tools'
         comma form (typed values, no missing required value); a file parameter (a string named
         ``*_path``) takes one of the known files, scored whole like the names: those the prompt
-        names, or per call ``files=[...]`` (``build_agent`` passes the thread's workspace files). On the shipped demo model the held-out
-        SR (val_seen) is 0.913 decoded freely and 0.957 guided, and ``tool_choice`` / structured
-        output always yield a parseable call.
+        names, or per call ``files=[...]`` (``build_agent`` passes the thread's workspace files).
+        On the shipped demo model the held-out SR (val_seen) is 0.913 decoded freely and 0.957
+        guided, and ``tool_choice`` / structured output always yield a parseable call.
 
     Media:
         Attach media as content blocks (see ``ibllm_agent.content``): v1 ``image``/``audio``/``video``/
